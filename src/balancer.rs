@@ -1,0 +1,464 @@
+//! Backend selection. A listener turns each discovery snapshot into a
+//! [`Pool`]: the backends grouped by SRV priority, each with its per-listener
+//! counters, plus whatever the algorithm precomputes (cumulative weights, the
+//! Maglev table). The pool is immutable and published as one value, so the set
+//! and its selector can never disagree. [`Balancer::pick`] is pure over a pool.
+
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Balance;
+use crate::discovery::{Backend, BackendSet, Snapshot};
+
+/// Maglev lookup table size: a prime well above any backend count.
+const MAGLEV_TABLE_SIZE: usize = 65_537;
+
+/// Counters for one backend of one listener, kept across snapshots.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    /// Connections open now.
+    pub active: AtomicUsize,
+    /// Connections established since the backend appeared.
+    pub total: AtomicU64,
+    pub connect_failures: AtomicU64,
+}
+
+/// A backend as one listener sees it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub backend: Backend,
+    pub stats: Arc<BackendStats>,
+}
+
+impl Member {
+    pub fn addr(&self) -> SocketAddr {
+        self.backend.addr
+    }
+
+    fn weight(&self) -> u64 {
+        u64::from(self.backend.weight.max(1))
+    }
+
+    /// Whether `self` is less loaded than `other`, by active connections per weight.
+    fn lighter_than(&self, other: &Member) -> bool {
+        let load = |m: &Member| (m.stats.active.load(Relaxed) as u64 + 1) as u128;
+        load(self) * (other.weight() as u128) < load(other) * (self.weight() as u128)
+    }
+}
+
+/// Backends of one SRV priority.
+#[derive(Debug)]
+struct Group {
+    members: Vec<Member>,
+    /// `cumulative[i]` = sum of weights of members `0..=i`.
+    cumulative: Vec<u64>,
+    /// Maglev: table slot → member index (empty for other algorithms).
+    maglev: Vec<u32>,
+}
+
+impl Group {
+    fn new(members: Vec<Member>, balance: Balance) -> Group {
+        let cumulative = members
+            .iter()
+            .scan(0, |sum, m| {
+                *sum += m.weight();
+                Some(*sum)
+            })
+            .collect();
+        let maglev = if balance == Balance::Maglev {
+            maglev_table(&members)
+        } else {
+            Vec::new()
+        };
+        Group {
+            members,
+            cumulative,
+            maglev,
+        }
+    }
+
+    fn total_weight(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    /// The member whose weight range holds `point` (in `0..total_weight`).
+    fn by_weight(&self, point: u64) -> usize {
+        self.cumulative.partition_point(|&c| c <= point)
+    }
+
+    fn random(&self) -> usize {
+        self.by_weight(fastrand::u64(..self.total_weight()))
+    }
+}
+
+/// One listener's view of its backends, rebuilt on every discovery change.
+#[derive(Debug, Default)]
+pub struct Pool {
+    /// Non-empty groups, lowest (preferred) priority first.
+    groups: Vec<Group>,
+}
+
+impl Pool {
+    /// Builds the pool for `set`, keeping counters of backends `previous` had.
+    pub fn build(set: &BackendSet, previous: Option<&Pool>, balance: Balance) -> Pool {
+        let stats_of = |addr: SocketAddr| {
+            previous
+                .and_then(|p| p.members().find(|m| m.addr() == addr))
+                .map_or_else(Default::default, |m| m.stats.clone())
+        };
+        let mut groups = Vec::new();
+        for chunk in set.backends().chunk_by(|a, b| a.priority == b.priority) {
+            let members = chunk
+                .iter()
+                .map(|b| Member {
+                    backend: *b,
+                    stats: stats_of(b.addr),
+                })
+                .collect();
+            groups.push(Group::new(members, balance));
+        }
+        Pool { groups }
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.groups.iter().flat_map(|g| &g.members)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+}
+
+/// Chooses a backend for each new connection.
+#[derive(Debug)]
+pub struct Balancer {
+    balance: Balance,
+    next: AtomicUsize,
+}
+
+impl Balancer {
+    pub fn new(balance: Balance) -> Self {
+        Balancer {
+            balance,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A backend for `client`, skipping those in `tried`; the preferred
+    /// priority group first, the next one only when all of it was tried.
+    pub fn pick<'a>(&self, pool: &'a Pool, client: IpAddr, tried: &[SocketAddr]) -> Option<&'a Member> {
+        pool.groups.iter().find_map(|g| self.pick_in(g, client, tried))
+    }
+
+    fn pick_in<'a>(&self, group: &'a Group, client: IpAddr, tried: &[SocketAddr]) -> Option<&'a Member> {
+        let members = &group.members;
+        let n = members.len();
+        // The first untried member at or after `start`.
+        let usable_from = |start: usize| {
+            (0..n)
+                .map(|i| (start + i) % n)
+                .find(|&i| !tried.contains(&members[i].addr()))
+        };
+        let chosen = match self.balance {
+            Balance::RoundRobin => {
+                let turn = self.next.fetch_add(1, Relaxed) as u64;
+                usable_from(group.by_weight(turn % group.total_weight()))?
+            }
+            Balance::Random => usable_from(group.random())?,
+            Balance::LeastConn => {
+                // Start at a rotating offset so ties spread instead of piling on member 0.
+                let start = self.next.fetch_add(1, Relaxed) % n;
+                let first = usable_from(start)?;
+                (0..n)
+                    .map(|i| (start + i) % n)
+                    .filter(|&i| !tried.contains(&members[i].addr()))
+                    .fold(first, |best, i| {
+                        if members[i].lighter_than(&members[best]) {
+                            i
+                        } else {
+                            best
+                        }
+                    })
+            }
+            Balance::P2c => {
+                let a = usable_from(group.random())?;
+                let b = usable_from(group.random())?;
+                if members[b].lighter_than(&members[a]) {
+                    b
+                } else {
+                    a
+                }
+            }
+            Balance::Maglev => {
+                let slot = (stable_hash(&client, 0) % group.maglev.len() as u64) as usize;
+                usable_from(group.maglev[slot] as usize)?
+            }
+        };
+        Some(&members[chosen])
+    }
+}
+
+/// A hash that is the same in every sluice process (Maglev must agree across restarts).
+fn stable_hash<T: Hash>(value: &T, seed: u64) -> u64 {
+    // FNV-1a: tiny, stable, and good enough to spread addresses.
+    struct Fnv(u64);
+    impl Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325 ^ seed);
+    value.hash(&mut h);
+    // Finalise (splitmix64) so nearby inputs land far apart.
+    let mut z = h.finish();
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Maglev's lookup table (Eisenbud et al., NSDI 2016): each member walks its
+/// own permutation of the slots, members taking turns, so every member owns
+/// about the same share and a change moves few slots.
+fn maglev_table(members: &[Member]) -> Vec<u32> {
+    let m = MAGLEV_TABLE_SIZE as u64;
+    let mut table = vec![u32::MAX; MAGLEV_TABLE_SIZE];
+    if members.is_empty() {
+        return table;
+    }
+    let perms: Vec<(u64, u64)> = members
+        .iter()
+        .map(|mem| {
+            (
+                stable_hash(&mem.addr(), 1) % m,
+                stable_hash(&mem.addr(), 2) % (m - 1) + 1,
+            )
+        })
+        .collect();
+    let mut next = vec![0u64; members.len()];
+    let mut filled = 0;
+    'fill: loop {
+        for (i, &(offset, skip)) in perms.iter().enumerate() {
+            let slot = loop {
+                let slot = ((offset + next[i] * skip) % m) as usize;
+                next[i] += 1;
+                if table[slot] == u32::MAX {
+                    break slot;
+                }
+            };
+            table[slot] = i as u32;
+            filled += 1;
+            if filled == MAGLEV_TABLE_SIZE {
+                break 'fill;
+            }
+        }
+    }
+    table
+}
+
+/// A listener's balancer plus the latest pool, which it keeps up to date.
+#[derive(Debug)]
+pub struct Upstream {
+    pub balancer: Balancer,
+    pools: watch::Receiver<Option<Arc<Pool>>>,
+}
+
+impl Upstream {
+    /// Follows `discovery`, rebuilding the pool on each snapshot until `shutdown`.
+    pub fn follow(
+        balance: Balance,
+        mut discovery: watch::Receiver<Snapshot>,
+        shutdown: CancellationToken,
+    ) -> Upstream {
+        let (tx, pools) = watch::channel(None::<Arc<Pool>>);
+        tokio::spawn(async move {
+            loop {
+                let snapshot = discovery.borrow_and_update().clone();
+                if let Some(set) = snapshot {
+                    let previous = tx.borrow().clone();
+                    tx.send_replace(Some(Arc::new(Pool::build(&set, previous.as_deref(), balance))));
+                }
+                tokio::select! {
+                    changed = discovery.changed() => if changed.is_err() { return },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+        Upstream {
+            balancer: Balancer::new(balance),
+            pools,
+        }
+    }
+
+    /// The current pool, waiting up to `wait` for the first discovery answer.
+    pub async fn pool(&self, wait: Duration) -> Option<Arc<Pool>> {
+        if let Some(pool) = self.pools.borrow().as_ref() {
+            return Some(pool.clone());
+        }
+        let mut pools = self.pools.clone();
+        let ready = tokio::time::timeout(wait, pools.wait_for(Option::is_some)).await;
+        let pool = ready.ok()?.ok()?.clone();
+        pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn set(specs: &[(&str, u16, u16)]) -> BackendSet {
+        BackendSet::new(
+            specs
+                .iter()
+                .map(|(addr, priority, weight)| Backend {
+                    addr: addr.parse().unwrap(),
+                    priority: *priority,
+                    weight: *weight,
+                })
+                .collect(),
+        )
+    }
+
+    fn client(i: u32) -> IpAddr {
+        IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))
+    }
+
+    /// How many of `n` picks each backend port got.
+    fn tally(balance: Balance, pool: &Pool, n: u32) -> HashMap<u16, u32> {
+        let balancer = Balancer::new(balance);
+        let mut counts = HashMap::new();
+        for i in 0..n {
+            let m = balancer.pick(pool, client(i), &[]).unwrap();
+            *counts.entry(m.addr().port()).or_default() += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn round_robin_cycles_and_honours_weight() {
+        let pool = Pool::build(
+            &set(&[("10.0.0.1:1", 1, 1), ("10.0.0.1:2", 1, 1), ("10.0.0.1:3", 1, 2)]),
+            None,
+            Balance::RoundRobin,
+        );
+        assert_eq!(
+            tally(Balance::RoundRobin, &pool, 400),
+            HashMap::from([(1, 100), (2, 100), (3, 200)])
+        );
+    }
+
+    #[test]
+    fn random_and_p2c_reach_every_backend_by_weight() {
+        let pool = Pool::build(
+            &set(&[("10.0.0.1:1", 1, 1), ("10.0.0.1:2", 1, 3)]),
+            None,
+            Balance::Random,
+        );
+        let counts = tally(Balance::Random, &pool, 4000);
+        assert!((800..1200).contains(&counts[&1]), "{counts:?}");
+        let counts = tally(Balance::P2c, &pool, 4000);
+        assert_eq!(counts.len(), 2, "{counts:?}");
+    }
+
+    #[test]
+    fn least_conn_prefers_the_idle_backend() {
+        let pool = Pool::build(
+            &set(&[("10.0.0.1:1", 1, 1), ("10.0.0.1:2", 1, 1), ("10.0.0.1:3", 1, 1)]),
+            None,
+            Balance::LeastConn,
+        );
+        for (m, active) in pool.members().zip([5, 0, 2]) {
+            m.stats.active.store(active, Relaxed);
+        }
+        let balancer = Balancer::new(Balance::LeastConn);
+        for _ in 0..10 {
+            assert_eq!(balancer.pick(&pool, client(0), &[]).unwrap().addr().port(), 2);
+        }
+    }
+
+    #[test]
+    fn p2c_leans_to_the_lighter_backend() {
+        let pool = Pool::build(
+            &set(&[("10.0.0.1:1", 1, 1), ("10.0.0.1:2", 1, 1)]),
+            None,
+            Balance::P2c,
+        );
+        pool.members().next().unwrap().stats.active.store(10, Relaxed);
+        // Only a draw of the busy one twice (1 in 4) picks it.
+        let light = tally(Balance::P2c, &pool, 1000)[&2];
+        assert!(light > 650, "lighter backend got {light} of 1000");
+    }
+
+    #[test]
+    fn tried_backends_are_skipped_then_next_priority_used() {
+        let pool = Pool::build(
+            &set(&[("10.0.0.1:1", 1, 1), ("10.0.0.1:2", 1, 1), ("10.0.0.9:9", 2, 1)]),
+            None,
+            Balance::RoundRobin,
+        );
+        let balancer = Balancer::new(Balance::RoundRobin);
+        let first: Vec<SocketAddr> = pool.members().take(2).map(Member::addr).collect();
+        for _ in 0..4 {
+            assert_eq!(
+                balancer.pick(&pool, client(0), &first[..1]).unwrap().addr(),
+                first[1]
+            );
+            assert_eq!(balancer.pick(&pool, client(0), &first).unwrap().addr().port(), 9);
+        }
+        let all: Vec<SocketAddr> = pool.members().map(Member::addr).collect();
+        assert!(balancer.pick(&pool, client(0), &all).is_none());
+    }
+
+    #[test]
+    fn maglev_is_sticky_balanced_and_stable_under_change() {
+        let specs: Vec<(String, u16, u16)> = (1..=5).map(|p| (format!("10.0.0.1:{p}"), 1, 1)).collect();
+        let specs_ref: Vec<(&str, u16, u16)> = specs.iter().map(|(a, p, w)| (a.as_str(), *p, *w)).collect();
+        let pool = Pool::build(&set(&specs_ref), None, Balance::Maglev);
+        let balancer = Balancer::new(Balance::Maglev);
+        let before: Vec<u16> = (0..2000)
+            .map(|i| balancer.pick(&pool, client(i), &[]).unwrap().addr().port())
+            .collect();
+        let again: Vec<u16> = (0..2000)
+            .map(|i| balancer.pick(&pool, client(i), &[]).unwrap().addr().port())
+            .collect();
+        assert_eq!(before, again);
+        let counts = tally(Balance::Maglev, &pool, 5000);
+        assert!(counts.values().all(|&c| (700..1300).contains(&c)), "{counts:?}");
+
+        // Removing backend 5 moves only the clients that were on it (give or take).
+        let smaller = Pool::build(&set(&specs_ref[..4]), Some(&pool), Balance::Maglev);
+        let after: Vec<u16> = (0..2000)
+            .map(|i| balancer.pick(&smaller, client(i), &[]).unwrap().addr().port())
+            .collect();
+        let moved = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| b != a && **b != 5)
+            .count();
+        assert!(moved < 100, "{moved} clients moved needlessly");
+    }
+
+    #[test]
+    fn counters_survive_a_rebuild() {
+        let first = Pool::build(&set(&[("10.0.0.1:1", 1, 1)]), None, Balance::RoundRobin);
+        first.members().next().unwrap().stats.total.store(7, Relaxed);
+        let second = Pool::build(
+            &set(&[("10.0.0.1:1", 1, 1), ("10.0.0.1:2", 1, 1)]),
+            Some(&first),
+            Balance::RoundRobin,
+        );
+        let totals: Vec<u64> = second.members().map(|m| m.stats.total.load(Relaxed)).collect();
+        assert_eq!(totals, [7, 0]);
+    }
+}

@@ -1,0 +1,195 @@
+//! Discovery: where backends come from. Owns the [`BackendSet`] snapshot type
+//! and starts one task per distinct source, shared by every listener that uses
+//! it. Each task publishes immutable snapshots on a `watch` channel; listeners
+//! read the latest one and never wait on DNS.
+
+pub mod dns;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{BackendSource, Listener};
+use dns::DnsClient;
+
+/// One address:port to forward to, as the SRV record gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// SRV priority: lower is preferred; higher groups are failover.
+    pub priority: u16,
+    /// SRV weight within its priority group (0 counts as 1).
+    pub weight: u16,
+}
+
+impl Backend {
+    pub fn new(addr: SocketAddr) -> Self {
+        Backend {
+            addr,
+            priority: 0,
+            weight: 1,
+        }
+    }
+}
+
+/// An immutable set of backends, sorted by (priority, addr), one entry per addr.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendSet {
+    backends: Vec<Backend>,
+}
+
+impl BackendSet {
+    /// Sorts and de-duplicates: an addr listed twice keeps its best priority.
+    pub fn new(mut backends: Vec<Backend>) -> Self {
+        backends.sort_by_key(|b| (b.addr, b.priority));
+        backends.dedup_by_key(|b| b.addr);
+        backends.sort_by_key(|b| (b.priority, b.addr));
+        BackendSet { backends }
+    }
+
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
+    /// What changed from `self` to `next`, keyed by addr.
+    pub fn diff(&self, next: &BackendSet) -> Diff {
+        let old: HashMap<SocketAddr, &Backend> = self.backends.iter().map(|b| (b.addr, b)).collect();
+        let new: HashMap<SocketAddr, &Backend> = next.backends.iter().map(|b| (b.addr, b)).collect();
+        let mut diff = Diff::default();
+        for b in &next.backends {
+            match old.get(&b.addr) {
+                None => diff.added.push(b.addr),
+                Some(o) if *o != b => diff.changed.push(b.addr),
+                Some(_) => {}
+            }
+        }
+        diff.removed = self
+            .backends
+            .iter()
+            .filter(|b| !new.contains_key(&b.addr))
+            .map(|b| b.addr)
+            .collect();
+        diff
+    }
+}
+
+/// Backends added, removed, or with a new priority/weight between two sets.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub added: Vec<SocketAddr>,
+    pub removed: Vec<SocketAddr>,
+    pub changed: Vec<SocketAddr>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+impl fmt::Display for Diff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |addrs: &[SocketAddr]| {
+            addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        write!(
+            f,
+            "added [{}] removed [{}] changed [{}]",
+            list(&self.added),
+            list(&self.removed),
+            list(&self.changed)
+        )
+    }
+}
+
+/// The latest backends of a source; `None` until the first answer.
+pub type Snapshot = Option<Arc<BackendSet>>;
+
+/// Starts one discovery task per distinct source among `listeners` and returns
+/// each listener's receiver, in the same order.
+pub fn start(
+    listeners: &[Listener],
+    dns: Option<&DnsClient>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Vec<watch::Receiver<Snapshot>> {
+    let mut by_source: HashMap<&BackendSource, watch::Receiver<Snapshot>> = HashMap::new();
+    listeners
+        .iter()
+        .map(|listener| {
+            let source = &listener.backends;
+            by_source
+                .entry(source)
+                .or_insert_with(|| match source {
+                    BackendSource::Static(addrs) => {
+                        let set = BackendSet::new(addrs.iter().copied().map(Backend::new).collect());
+                        // The sender may drop: receivers keep the last value.
+                        watch::channel(Some(Arc::new(set))).1
+                    }
+                    BackendSource::Dns(query) => {
+                        let client = dns.expect("a DNS client exists when a listener uses DNS").clone();
+                        let (tx, rx) = watch::channel(None);
+                        let task = dns::watch(client, query.clone(), tx, shutdown.clone());
+                        tracker.spawn(task);
+                        rx
+                    }
+                })
+                .clone()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(addr: &str, priority: u16, weight: u16) -> Backend {
+        Backend {
+            addr: addr.parse().unwrap(),
+            priority,
+            weight,
+        }
+    }
+
+    #[test]
+    fn set_sorts_by_priority_and_keeps_best_duplicate() {
+        let set = BackendSet::new(vec![
+            b("10.0.0.2:80", 1, 1),
+            b("10.0.0.1:80", 2, 1),
+            b("10.0.0.1:80", 1, 5),
+            b("10.0.0.1:81", 1, 1),
+        ]);
+        assert_eq!(
+            set.backends(),
+            [
+                b("10.0.0.1:80", 1, 5),
+                b("10.0.0.1:81", 1, 1),
+                b("10.0.0.2:80", 1, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn diff_reports_added_removed_and_changed() {
+        let old = BackendSet::new(vec![b("10.0.0.1:80", 1, 1), b("10.0.0.2:80", 1, 1)]);
+        let new = BackendSet::new(vec![b("10.0.0.2:80", 1, 3), b("10.0.0.3:80", 1, 1)]);
+        let diff = old.diff(&new);
+        assert_eq!(diff.added, ["10.0.0.3:80".parse().unwrap()]);
+        assert_eq!(diff.removed, ["10.0.0.1:80".parse().unwrap()]);
+        assert_eq!(diff.changed, ["10.0.0.2:80".parse().unwrap()]);
+        assert!(old.diff(&old).is_empty());
+    }
+}

@@ -1,0 +1,152 @@
+//! sluice: a Layer-4 TCP load balancer whose backends come from DNS SRV
+//! records (Consul's DNS interface first of all), refreshed and diffed
+//! continuously.
+//!
+//! Data flows one way: config → discovery → balancer → proxy.
+//!
+//! - [`config`]: the TOML file and CLI shorthands, validated into a [`Config`].
+//! - [`discovery`]: one task per distinct SRV query (or static list), each
+//!   publishing immutable [`discovery::BackendSet`] snapshots on a watch channel.
+//! - [`balancer`]: per-listener pools built from snapshots, and backend choice
+//!   (round-robin, least-conn, random, p2c, maglev).
+//! - [`proxy`]: accept loops and byte forwarding with half-close and idle timeout.
+//!
+//! [`Server::bind`] binds every listener (so tests can use port 0 and read the
+//! address back), [`Server::run`] serves until its shutdown token is cancelled,
+//! then drains for `shutdown_grace`.
+
+pub mod balancer;
+pub mod config;
+pub mod discovery;
+pub mod proxy;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::Config;
+
+use balancer::Upstream;
+use config::{BackendSource, Listener};
+use discovery::dns::DnsClient;
+
+/// Pending connections the kernel queues per listener while we are at `max_connections`.
+const LISTEN_BACKLOG: i32 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("listener '{listener}': cannot bind {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("no DNS server to ask: set `dns` in the config or pass --dns ({0})")]
+    NoDns(io::Error),
+}
+
+/// Every listener bound, ready to [`run`](Server::run).
+pub struct Server {
+    config: Config,
+    listeners: Vec<TcpListener>,
+    dns: Option<DnsClient>,
+}
+
+impl Server {
+    /// Binds every listener; fails naming the listener whose address is taken.
+    pub async fn bind(config: Config) -> Result<Server, Error> {
+        let uses_dns = config
+            .listeners
+            .iter()
+            .any(|l| matches!(l.backends, BackendSource::Dns(_)));
+        let dns = match (uses_dns, config.dns) {
+            (false, _) => None,
+            (true, Some(server)) => Some(DnsClient::new(server)),
+            (true, None) => Some(DnsClient::system().map_err(Error::NoDns)?),
+        };
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| {
+                bind_tcp(l.bind).map_err(|source| Error::Bind {
+                    listener: l.name.clone(),
+                    addr: l.bind,
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Server {
+            config,
+            listeners,
+            dns,
+        })
+    }
+
+    /// Each listener's name and bound address (with the real port if it was 0).
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.config
+            .listeners
+            .iter()
+            .zip(&self.listeners)
+            .map(|(l, sock)| (l.name.clone(), sock.local_addr().unwrap_or(l.bind)))
+            .collect()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting and lets open
+    /// connections finish for up to `shutdown_grace` before closing them.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let addrs = self.local_addrs();
+        let Server {
+            config,
+            listeners,
+            dns,
+        } = self;
+        if let Some(dns) = &dns {
+            info!(server = %dns.server(), "discovering backends through DNS");
+        }
+        let tracker = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
+        let discovered = discovery::start(&config.listeners, dns.as_ref(), &shutdown, &tracker);
+        for (((listener, socket), snapshots), (_, addr)) in
+            config.listeners.iter().zip(listeners).zip(discovered).zip(addrs)
+        {
+            let ctx = Arc::new(proxy::tcp::Context {
+                config: Listener::clone(listener),
+                upstream: Upstream::follow(listener.balance, snapshots, shutdown.clone()),
+                hard_stop: hard_stop.clone(),
+            });
+            info!(listener = %listener.name, %addr, "listening");
+            tracker.spawn(proxy::tcp::serve(socket, ctx, shutdown.clone(), tracker.clone()));
+        }
+
+        shutdown.cancelled().await;
+        tracker.close();
+        let grace = config.shutdown_grace;
+        info!(?grace, "shutting down, letting open connections finish");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(
+                open = tracker.len(),
+                "shutdown grace over, closing the remaining connections"
+            );
+            hard_stop.cancel();
+            tracker.wait().await;
+        }
+        info!("stopped");
+    }
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Restarting must not fail on the old process's TIME_WAIT connections.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}

@@ -1,0 +1,95 @@
+//! The `sluice` binary: parses the command line, loads the configuration and
+//! runs [`sluice::Server`] until SIGTERM or SIGINT.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use sluice::config::{Config, Overrides};
+
+/// Layer-4 TCP load balancer with backends from DNS SRV records (Consul DNS).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// DNS server for SRV lookups, ip[:port] (port 53 if left out); overrides `dns`.
+    #[arg(long, value_name = "ADDR")]
+    dns: Option<String>,
+    /// Serve /metrics, /status and / on ADDR; overrides `metrics`.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    /// Validate the configuration, print what is wrong, exit 0 or 1.
+    #[arg(long)]
+    check: bool,
+    /// Shorthand listeners: [ADDR:]PORT[/udp]:SERVICE, e.g. 2003:graphite.
+    #[arg(value_name = "LISTENER")]
+    listeners: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        dns: cli.dns,
+        metrics: cli.metrics,
+        listeners: cli.listeners,
+    };
+    let config = match Config::load(cli.config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sluice: invalid configuration:\n{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.check {
+        println!("configuration OK: {} listener(s)", config.listeners.len());
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    match serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = sluice::Server::bind(config).await?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        server.run(shutdown).await;
+        Ok(())
+    })
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; stop sluice with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,157 @@
+//! TCP proxying: one listener's accept loop, and the life of one connection:
+//! wait for the first discovery answer if needed, pick a backend, connect with
+//! retry on refusal or timeout, then forward both ways (see [`super::forward`]).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::{forward, End};
+use crate::balancer::{Member, Upstream};
+use crate::config::Listener;
+
+/// Distinct backends tried for one client before giving up.
+const MAX_ATTEMPTS: usize = 3;
+/// Pause after a failed accept (EMFILE, ENFILE, ...) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What a listener's tasks share.
+pub struct Context {
+    pub config: Listener,
+    pub upstream: Upstream,
+    /// Cancelled when the shutdown grace is over: open connections close.
+    pub hard_stop: CancellationToken,
+}
+
+/// Accepts until `shutdown`, at most `max_connections` open at once (later
+/// clients wait in the kernel's backlog). Accept errors never end the loop.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let name = ctx.config.name.as_str();
+    let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let mut accept_failing = false;
+    loop {
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let (client, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => {
+                    accept_failing = false;
+                    accepted
+                }
+                Err(e) => {
+                    if !accept_failing {
+                        warn!(listener = name, error = %e, "accept failed, backing off");
+                        accept_failing = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let ctx = ctx.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = handle(client, peer, &ctx) => {}
+                _ = ctx.hard_stop.cancelled() => {}
+            }
+            drop(permit);
+        });
+    }
+    info!(listener = name, "stopped accepting");
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
+    let config = &ctx.config;
+    let name = config.name.as_str();
+    // Best effort: a socket that cannot take options still forwards correctly.
+    let _ = client.set_nodelay(true);
+    let Some(pool) = ctx.upstream.pool(config.connect_timeout).await else {
+        warn!(listener = name, %peer, "no discovery answer yet, closing the connection");
+        return;
+    };
+    let Some((backend, member)) = connect(ctx, &pool, peer).await else {
+        return;
+    };
+    let stats = &member.stats;
+    stats.total.fetch_add(1, Relaxed);
+    stats.active.fetch_add(1, Relaxed);
+    let _active = ActiveGuard(member.clone());
+    let _ = backend.set_nodelay(true);
+    let transfer = forward(&client, &backend, config.idle_timeout).await;
+    let how = match &transfer.end {
+        End::Closed => "closed",
+        End::Idle => "idle timeout",
+        End::Error(_) => "error",
+    };
+    debug!(
+        listener = name,
+        %peer,
+        backend = %member.addr(),
+        up = transfer.up,
+        down = transfer.down,
+        how,
+        "connection ended"
+    );
+}
+
+/// Decrements the backend's active count however the connection ends.
+struct ActiveGuard(Member);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.stats.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Connects to up to [`MAX_ATTEMPTS`] distinct backends in turn.
+async fn connect(
+    ctx: &Context,
+    pool: &crate::balancer::Pool,
+    peer: SocketAddr,
+) -> Option<(TcpStream, Member)> {
+    let name = ctx.config.name.as_str();
+    let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_ATTEMPTS];
+    let mut attempts = 0;
+    while attempts < MAX_ATTEMPTS {
+        let Some(member) = ctx.upstream.balancer.pick(pool, peer.ip(), &tried[..attempts]) else {
+            break;
+        };
+        tried[attempts] = member.addr();
+        attempts += 1;
+        let error = match timeout(ctx.config.connect_timeout, TcpStream::connect(member.addr())).await {
+            Ok(Ok(stream)) => return Some((stream, member.clone())),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", ctx.config.connect_timeout),
+        };
+        member.stats.connect_failures.fetch_add(1, Relaxed);
+        debug!(listener = name, backend = %member.addr(), error, "connect failed, trying another backend");
+    }
+    if attempts == 0 {
+        warn!(listener = name, %peer, "no backends, closing the connection");
+    } else {
+        let tried: Vec<String> = tried[..attempts].iter().map(ToString::to_string).collect();
+        warn!(listener = name, %peer, tried = %tried.join(" "), "no backend accepted, closing the connection");
+    }
+    None
+}
