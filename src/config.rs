@@ -333,7 +333,8 @@ impl Validator<'_> {
         }
         for (i, a) in listeners.iter().enumerate() {
             for b in &listeners[i + 1..] {
-                if a.bind == b.bind && a.protocol == b.protocol {
+                // Port 0 asks the kernel for a free port: no clash possible.
+                if a.bind == b.bind && a.bind.port() != 0 && a.protocol == b.protocol {
                     let (first, second, bind) = (&a.name, &b.name, a.bind);
                     self.problem(
                         format!("listener '{second}'"),

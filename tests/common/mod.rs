@@ -1,0 +1,323 @@
+//! Test support: a fake Consul-like DNS server built with hickory-proto that
+//! tests change at runtime, backends that say who they are, and a helper that
+//! runs sluice in-process on port 0.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, SRV};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+/// How the fake server treats every query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Answer,
+    /// Never reply.
+    Silent,
+    ServFail,
+    NxDomain,
+    /// Reply with bytes that are not a DNS message.
+    Garbage,
+}
+
+/// One SRV record: target `host-<ip>.node.dc1.consul.` with the IP as glue
+/// unless `glue` is false (then only an A query finds it).
+#[derive(Debug, Clone, Copy)]
+pub struct Srv {
+    pub addr: SocketAddr,
+    pub priority: u16,
+    pub glue: bool,
+}
+
+impl Srv {
+    pub fn new(addr: SocketAddr) -> Self {
+        Srv {
+            addr,
+            priority: 1,
+            glue: true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Zone {
+    services: HashMap<String, Vec<Srv>>,
+    mode: Option<Mode>,
+}
+
+/// A DNS server on 127.0.0.1 (UDP and TCP on one port) that answers SRV
+/// queries like Consul, truncating UDP answers larger than the client's
+/// EDNS payload.
+#[derive(Clone)]
+pub struct FakeDns {
+    pub addr: SocketAddr,
+    zone: Arc<Mutex<Zone>>,
+    pub udp_queries: Arc<AtomicUsize>,
+    pub tcp_queries: Arc<AtomicUsize>,
+}
+
+fn target_name(ip: IpAddr) -> Name {
+    let label = ip.to_string().replace(['.', ':'], "-");
+    Name::from_ascii(format!("host-{label}.node.dc1.consul.")).unwrap()
+}
+
+impl FakeDns {
+    pub async fn start() -> FakeDns {
+        // TCP must share the UDP port (a truncated answer is retried there).
+        let (udp, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
+                break (udp, tcp);
+            }
+        };
+        let dns = FakeDns {
+            addr: udp.local_addr().unwrap(),
+            zone: Arc::default(),
+            udp_queries: Arc::default(),
+            tcp_queries: Arc::default(),
+        };
+        let server = dns.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0; 65535];
+            loop {
+                let (n, from) = udp.recv_from(&mut buf).await.unwrap();
+                server.udp_queries.fetch_add(1, Relaxed);
+                if let Some(reply) = server.reply(&buf[..n], true) {
+                    let _ = udp.send_to(&reply, from).await;
+                }
+            }
+        });
+        let server = dns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = tcp.accept().await.unwrap();
+                let server = server.clone();
+                tokio::spawn(async move {
+                    while let Ok(len) = stream.read_u16().await {
+                        let mut query = vec![0; usize::from(len)];
+                        if stream.read_exact(&mut query).await.is_err() {
+                            return;
+                        }
+                        server.tcp_queries.fetch_add(1, Relaxed);
+                        let Some(reply) = server.reply(&query, false) else {
+                            continue;
+                        };
+                        let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                        framed.extend(reply);
+                        if stream.write_all(&framed).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        dns
+    }
+
+    /// Replaces the records of `service` (`<service>.service.consul.`).
+    pub fn set(&self, service: &str, records: Vec<Srv>) {
+        let name = format!("{service}.service.consul.");
+        self.zone.lock().unwrap().services.insert(name, records);
+    }
+
+    pub fn set_backends(&self, service: &str, addrs: &[SocketAddr]) {
+        self.set(service, addrs.iter().copied().map(Srv::new).collect());
+    }
+
+    pub fn remove(&self, service: &str) {
+        let name = format!("{service}.service.consul.");
+        self.zone.lock().unwrap().services.remove(&name);
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.zone.lock().unwrap().mode = Some(mode);
+    }
+
+    fn reply(&self, query: &[u8], udp: bool) -> Option<Vec<u8>> {
+        let request = Message::from_vec(query).ok()?;
+        let zone = self.zone.lock().unwrap();
+        let mode = zone.mode.unwrap_or(Mode::Answer);
+        let mut reply = Message::new(request.metadata.id, MessageType::Response, OpCode::Query);
+        reply.metadata.authoritative = true;
+        reply.add_queries(request.queries.clone());
+        if let Some(edns) = &request.edns {
+            reply.set_edns(edns.clone());
+        }
+        let question = request.queries.first()?;
+        let qname = question.name().to_ascii().to_ascii_lowercase();
+        match mode {
+            Mode::Silent => return None,
+            Mode::Garbage => return Some(vec![0xde, 0xad, 0xbe, 0xef]),
+            Mode::ServFail => reply.metadata.response_code = ResponseCode::ServFail,
+            Mode::NxDomain => reply.metadata.response_code = ResponseCode::NXDomain,
+            Mode::Answer => match question.query_type() {
+                RecordType::SRV => match zone.services.get(&qname) {
+                    Some(records) => {
+                        for srv in records {
+                            let target = target_name(srv.addr.ip());
+                            let rdata = SRV::new(srv.priority, 1, srv.addr.port(), target.clone());
+                            reply.add_answer(Record::from_rdata(
+                                question.name().clone(),
+                                0,
+                                RData::SRV(rdata),
+                            ));
+                            if let (true, IpAddr::V4(ip)) = (srv.glue, srv.addr.ip()) {
+                                reply.add_additional(Record::from_rdata(target, 0, RData::A(A::from(ip))));
+                            }
+                        }
+                    }
+                    None => reply.metadata.response_code = ResponseCode::NXDomain,
+                },
+                RecordType::A => {
+                    let ip = zone
+                        .services
+                        .values()
+                        .flatten()
+                        .map(|s| s.addr.ip())
+                        .find(|ip| target_name(*ip).to_ascii().eq_ignore_ascii_case(&qname));
+                    match ip {
+                        Some(IpAddr::V4(ip)) => {
+                            reply.add_answer(Record::from_rdata(
+                                question.name().clone(),
+                                0,
+                                RData::A(A::from(ip)),
+                            ));
+                        }
+                        _ => reply.metadata.response_code = ResponseCode::NXDomain,
+                    }
+                }
+                _ => {}
+            },
+        }
+        let bytes = reply.to_vec().ok()?;
+        let limit = request
+            .edns
+            .as_ref()
+            .map_or(512, |e| usize::from(e.max_payload()));
+        if udp && bytes.len() > limit {
+            return reply.truncate().to_vec().ok();
+        }
+        Some(bytes)
+    }
+}
+
+/// A backend on 127.0.0.1:0 that sends its port as a first line, then echoes
+/// until EOF and half-closes.
+pub struct EchoBackend {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl EchoBackend {
+    pub async fn start() -> EchoBackend {
+        Self::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> EchoBackend {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let (count, stopped) = (accepted.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = tokio::select! {
+                    accepted = listener.accept() => accepted.unwrap(),
+                    _ = stopped.cancelled() => return,
+                };
+                count.fetch_add(1, Relaxed);
+                tokio::spawn(async move {
+                    let greeting = format!("{}\n", addr.port());
+                    if stream.write_all(greeting.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let (mut r, mut w) = stream.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        EchoBackend { addr, accepted, stop }
+    }
+
+    /// Stops accepting (the port closes); open connections keep running.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// A started echo backend per count, all on 127.0.0.1.
+pub async fn echo_backends(count: usize) -> Vec<EchoBackend> {
+    let mut backends = Vec::new();
+    for _ in 0..count {
+        backends.push(EchoBackend::start().await);
+    }
+    backends
+}
+
+/// Connects through `addr` and returns the stream and the backend's port line.
+pub async fn connect(addr: SocketAddr) -> (BufReader<TcpStream>, u16) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).await.unwrap();
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no greeting, got {line:?}"));
+    (reader, port)
+}
+
+/// The backend port a fresh connection through `addr` reaches.
+pub async fn backend_port(addr: SocketAddr) -> u16 {
+    connect(addr).await.1
+}
+
+/// sluice running in-process.
+pub struct Sluice {
+    pub addrs: Vec<(String, SocketAddr)>,
+    pub shutdown: CancellationToken,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+impl Sluice {
+    /// Runs `config_toml` (listeners should bind 127.0.0.1:0).
+    pub async fn start(config_toml: &str) -> Sluice {
+        let config = sluice::Config::parse(config_toml, "test.toml", &Default::default()).unwrap();
+        let server = sluice::Server::bind(config).await.unwrap();
+        let addrs = server.local_addrs();
+        let shutdown = CancellationToken::new();
+        let done = tokio::spawn(server.run(shutdown.clone()));
+        Sluice {
+            addrs,
+            shutdown,
+            done,
+        }
+    }
+
+    /// The address of the first listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0].1
+    }
+}
+
+/// A config with one listener for `service` discovered through `dns`.
+pub fn dns_config(dns: &FakeDns, service: &str, extra: &str) -> String {
+    format!(
+        "dns = \"{}\"\nrefresh = \"1s\"\n[listeners.{service}]\nbind = \"127.0.0.1:0\"\nservice = \"{service}\"\n{extra}\n",
+        dns.addr
+    )
+}
+
+/// A plain connection through `addr`, nothing read yet.
+pub async fn raw_connect(addr: SocketAddr) -> BufReader<TcpStream> {
+    BufReader::new(TcpStream::connect(addr).await.unwrap())
+}

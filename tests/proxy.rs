@@ -1,0 +1,226 @@
+//! The TCP proxy in-process: retries, half-close both ways, idle timeout,
+//! connection limit and graceful shutdown.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{backend_port, connect, dns_config, echo_backends, raw_connect, FakeDns, Sluice, Srv};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{sleep, timeout};
+
+/// An address where nothing listens (connections are refused).
+async fn dead_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn static_config(backends: &[SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[listeners.test]\nbind = \"127.0.0.1:0\"\nbackends = [{}]\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn dead_backend_is_retried_transparently() {
+    let live = echo_backends(2).await;
+    let dead = dead_addr().await;
+    let sluice = Sluice::start(&static_config(&[live[0].addr, dead, live[1].addr], "")).await;
+    for _ in 0..30 {
+        let port = backend_port(sluice.addr()).await;
+        assert_ne!(port, dead.port());
+    }
+}
+
+#[tokio::test]
+async fn failed_priority_group_fails_over_to_the_next() {
+    let dns = FakeDns::start().await;
+    let backup = echo_backends(1).await;
+    let dead = dead_addr().await;
+    dns.set(
+        "redis",
+        vec![
+            Srv {
+                priority: 1,
+                ..Srv::new(dead)
+            },
+            Srv {
+                priority: 2,
+                ..Srv::new(backup[0].addr)
+            },
+        ],
+    );
+    let sluice = Sluice::start(&dns_config(&dns, "redis", "")).await;
+    assert_eq!(backend_port(sluice.addr()).await, backup[0].addr.port());
+}
+
+#[tokio::test]
+async fn client_half_close_still_gets_the_reply() {
+    let b = echo_backends(1).await;
+    let sluice = Sluice::start(&static_config(&[b[0].addr], "")).await;
+    let mut stream = TcpStream::connect(sluice.addr()).await.unwrap();
+    stream.write_all(b"hello").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    assert_eq!(reply, format!("{}\nhello", b[0].addr.port()));
+}
+
+#[tokio::test]
+async fn backend_half_close_still_receives_the_client() {
+    // A backend that says its piece, closes its side, then reads everything.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let received = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        stream.write_all(b"bye").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    let sluice = Sluice::start(&static_config(&[backend], "")).await;
+    let mut stream = TcpStream::connect(sluice.addr()).await.unwrap();
+    let mut greeting = Vec::new();
+    stream.read_to_end(&mut greeting).await.unwrap();
+    assert_eq!(greeting, b"bye");
+    let payload = vec![7u8; 1 << 20];
+    stream.write_all(&payload).await.unwrap();
+    stream.shutdown().await.unwrap();
+    assert_eq!(received.await.unwrap(), payload);
+}
+
+#[tokio::test]
+async fn large_transfer_arrives_intact() {
+    let b = echo_backends(1).await;
+    let sluice = Sluice::start(&static_config(&[b[0].addr], "")).await;
+    let stream = TcpStream::connect(sluice.addr()).await.unwrap();
+    let (mut r, mut w) = stream.into_split();
+    let payload: Vec<u8> = (0..8u32 << 20).map(|i| (i * 31 % 251) as u8).collect();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).await.unwrap();
+    writer.await.unwrap();
+    let greeting = format!("{}\n", b[0].addr.port());
+    assert_eq!(&got[..greeting.len()], greeting.as_bytes());
+    assert!(got[greeting.len()..] == payload[..], "payload corrupted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_connections_are_closed_and_busy_ones_are_not() {
+    let b = echo_backends(1).await;
+    let sluice = Sluice::start(&static_config(&[b[0].addr], "idle_timeout = \"5s\"")).await;
+
+    let (mut busy, _) = connect(sluice.addr()).await;
+    let (mut idle, _) = connect(sluice.addr()).await;
+    for _ in 0..4 {
+        sleep(Duration::from_secs(3)).await;
+        busy.get_mut().write_all(b"ping\n").await.unwrap();
+        let mut line = String::new();
+        busy.read_line(&mut line).await.unwrap();
+        assert_eq!(
+            line, "ping\n",
+            "a connection with traffic every 3s outlives a 5s idle timeout"
+        );
+    }
+    let mut rest = Vec::new();
+    assert_eq!(
+        idle.read_to_end(&mut rest).await.unwrap(),
+        0,
+        "idle connection was closed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn clients_over_max_connections_wait_instead_of_being_refused() {
+    let b = echo_backends(1).await;
+    let sluice = Sluice::start(&static_config(&[b[0].addr], "max_connections = 1")).await;
+    let (first, _) = connect(sluice.addr()).await;
+
+    let mut second = raw_connect(sluice.addr()).await;
+    let mut line = String::new();
+    let early = timeout(Duration::from_secs(5), second.read_line(&mut line)).await;
+    assert!(
+        early.is_err(),
+        "second client was served while the first was open: {line:?}"
+    );
+
+    drop(first);
+    second.read_line(&mut line).await.unwrap();
+    assert_eq!(line.trim(), b[0].addr.port().to_string());
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_accepting_and_drains_open_connections() {
+    let b = echo_backends(1).await;
+    let sluice = Sluice::start(&static_config(&[b[0].addr], "")).await;
+    let addr = sluice.addr();
+    let (mut open, _) = connect(addr).await;
+    sluice.shutdown.cancel();
+    tokio::task::yield_now().await;
+
+    // The open connection keeps working during the grace period ...
+    sleep(Duration::from_secs(10)).await;
+    open.get_mut().write_all(b"late\n").await.unwrap();
+    let mut line = String::new();
+    open.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "late\n");
+    assert!(
+        !sluice.done.is_finished(),
+        "run() returned while a connection was open"
+    );
+    // ... no new one is accepted ...
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "listener still accepting after shutdown"
+    );
+    // ... and closing it lets run() return.
+    drop(open);
+    timeout(Duration::from_secs(1), sluice.done)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_grace_closes_connections_that_outstay_it() {
+    let b = echo_backends(1).await;
+    let config = format!("shutdown_grace = \"20s\"\n{}", static_config(&[b[0].addr], ""));
+    let sluice = Sluice::start(&config).await;
+    let (mut open, _) = connect(sluice.addr()).await;
+    sluice.shutdown.cancel();
+    timeout(Duration::from_secs(21), sluice.done)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(open.read_to_end(&mut rest).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn port_in_use_names_the_listener() {
+    let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = format!("[listeners.graphite]\nbind = \"{addr}\"\nbackends = [\"127.0.0.1:1\"]\n");
+    let config = sluice::Config::parse(&config, "test.toml", &Default::default()).unwrap();
+    let err = sluice::Server::bind(config)
+        .await
+        .err()
+        .expect("bind must fail")
+        .to_string();
+    assert!(
+        err.starts_with(&format!("listener 'graphite': cannot bind {addr}: ")),
+        "{err}"
+    );
+}
