@@ -325,7 +325,7 @@ impl Validator<'_> {
                 Err(e) => self.problem(format!("listener '{shorthand}'"), e),
             }
         }
-        if listeners.is_empty() {
+        if raw.listeners.is_empty() && overrides.listeners.is_empty() {
             self.problem(
                 self.locator.origin.to_string(),
                 "no listeners: add a [listeners.NAME] table or a PORT:SERVICE argument".into(),
