@@ -6,8 +6,8 @@
 
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -307,8 +307,7 @@ impl Upstream {
         }
         let mut pools = self.pools.clone();
         let ready = tokio::time::timeout(wait, pools.wait_for(Option::is_some)).await;
-        let pool = ready.ok()?.ok()?.clone();
-        pool
+        ready.ok()?.ok()?.clone()
     }
 }
 

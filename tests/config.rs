@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use sluice::config::{Config, Overrides};
 
 fn fixtures(kind: &str, ext: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config").join(kind);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/config")
+        .join(kind);
     let mut files: Vec<PathBuf> = fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -49,7 +51,11 @@ fn invalid_configs_fail_with_their_expected_errors() {
         }
         let want = fs::read_to_string(&err_file).unwrap_or_default();
         if got != want.trim_end() {
-            wrong.push(format!("{}:\n  want: {}\n  got:  {got}", path.display(), want.trim_end()));
+            wrong.push(format!(
+                "{}:\n  want: {}\n  got:  {got}",
+                path.display(),
+                want.trim_end()
+            ));
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
@@ -64,7 +70,9 @@ fn full_example_has_the_documented_values() {
     assert_eq!(names, ["carbon", "graphite", "redis", "web"]);
     let redis = &config.listeners[2];
     assert_eq!(redis.bind, "[::]:6379".parse().unwrap());
-    let sluice::config::BackendSource::Dns(query) = &redis.backends else { panic!() };
+    let sluice::config::BackendSource::Dns(query) = &redis.backends else {
+        panic!()
+    };
     assert_eq!(query.name, "primary.redis.service.consul.");
     assert!(query.tcp);
     assert_eq!(query.empty_grace, std::time::Duration::from_secs(5));

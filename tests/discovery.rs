@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use common::{backend_port, connect, dns_config, echo_backends, FakeDns, Mode, Sluice, Srv};
+use common::{FakeDns, Mode, Sluice, Srv, backend_port, connect, dns_config, echo_backends};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::time::sleep;
 

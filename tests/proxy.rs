@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{backend_port, connect, dns_config, echo_backends, raw_connect, FakeDns, Sluice, Srv};
+use common::{FakeDns, Sluice, Srv, backend_port, connect, dns_config, echo_backends, raw_connect};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep, timeout};

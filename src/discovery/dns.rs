@@ -19,11 +19,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::{timeout, Instant};
+use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Backend, BackendSet, Snapshot};
+use super::{Backend, BackendSet, Diff, Snapshot};
 use crate::config::SrvQuery;
 
 /// EDNS0 payload size we advertise; Consul and BIND answer up to this over UDP.
@@ -436,7 +436,14 @@ pub async fn watch(
         if current.is_some() && diff.is_empty() {
             continue;
         }
-        info!(srv = name, backends = next.backends().len(), "{diff}");
+        info!(
+            srv = name,
+            added = %Diff::list(&diff.added),
+            removed = %Diff::list(&diff.removed),
+            changed = %Diff::list(&diff.changed),
+            total = next.backends().len(),
+            "backends changed"
+        );
         tx.send_replace(Some(Arc::new(next)));
     }
 }
@@ -444,8 +451,8 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::rr::rdata::{A, AAAA, CNAME, SRV, TXT};
     use hickory_proto::rr::Record;
+    use hickory_proto::rr::rdata::{A, AAAA, CNAME, SRV, TXT};
 
     fn name(s: &str) -> Name {
         Name::from_ascii(s).unwrap()

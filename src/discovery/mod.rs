@@ -6,7 +6,6 @@
 pub mod dns;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -96,22 +95,14 @@ impl Diff {
     }
 }
 
-impl fmt::Display for Diff {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |addrs: &[SocketAddr]| {
-            addrs
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        write!(
-            f,
-            "added [{}] removed [{}] changed [{}]",
-            list(&self.added),
-            list(&self.removed),
-            list(&self.changed)
-        )
+impl Diff {
+    /// `a,b,c` for logs.
+    pub fn list(addrs: &[SocketAddr]) -> String {
+        addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use socket2::SockRef;
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{Instant, sleep_until};
 
 /// Bytes moved per read; the same as HAProxy's default buffer.
 const CHUNK: usize = 16 * 1024;

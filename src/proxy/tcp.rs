@@ -3,8 +3,8 @@
 //! retry on refusal or timeout, then forward both ways (see [`super::forward`]).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::{forward, End};
+use super::{End, forward};
 use crate::balancer::{Member, Upstream};
 use crate::config::Listener;
 

@@ -1,0 +1,416 @@
+//! End-to-end tests against real programs: BIND as the Consul DNS stand-in
+//! (records changed with nsupdate through `consul-dns.sh`), redis-server and
+//! carbon-cache as backends, and the `sluice` binary driven through its CLI.
+//! `.ci/run` installs them (bind9, bind9-dnsutils, redis-server, graphite-carbon).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+/// Generous bound for a program to come up on a busy CI machine.
+const STARTUP: Duration = Duration::from_secs(20);
+
+/// A port free for both TCP and UDP on 127.0.0.1 right now. Only for programs
+/// that cannot bind port 0 and report it (BIND, redis, carbon).
+fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Waits until something accepts TCP connections on `port`.
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + STARTUP;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on port {port}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/consul-dns.sh")
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// BIND answering like Consul DNS, in its own directory and port.
+struct ConsulDns {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl ConsulDns {
+    fn start() -> ConsulDns {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        run(Command::new(script())
+            .arg("start")
+            .arg(dir.path())
+            .arg(port.to_string()));
+        ConsulDns { dir, port }
+    }
+
+    fn change(&self, verb: &str, service: &str, node: &str, port: u16) {
+        let dir = self.dir.path();
+        run(Command::new(script()).args([verb]).arg(dir).args([
+            service,
+            node,
+            "127.0.0.1",
+            &port.to_string(),
+        ]));
+    }
+
+    fn add(&self, service: &str, node: &str, port: u16) {
+        self.change("add", service, node, port);
+    }
+
+    fn del(&self, service: &str, node: &str, port: u16) {
+        self.change("del", service, node, port);
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ConsulDns {
+    fn drop(&mut self) {
+        let _ = Command::new(script()).arg("stop").arg(self.dir.path()).status();
+    }
+}
+
+/// A child process killed when the test ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis(port: u16) -> Proc {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server)");
+    wait_for_port(port, "redis-server");
+    Proc(child)
+}
+
+/// Sends one inline redis command and returns the reply's first chunk.
+fn redis_command(stream: &mut TcpStream, command: &str) -> String {
+    stream.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    match first.strip_prefix('$') {
+        Some(len) => {
+            let len: usize = len.trim().parse().unwrap();
+            let mut body = vec![0; len + 2];
+            reader.read_exact(&mut body).unwrap();
+            String::from_utf8_lossy(&body).into_owned()
+        }
+        None => first,
+    }
+}
+
+/// The port of the redis instance a new connection through `addr` reaches.
+fn redis_port_behind(addr: SocketAddr) -> u16 {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(STARTUP)).unwrap();
+    let info = redis_command(&mut stream, "INFO server");
+    let line = info
+        .lines()
+        .find_map(|l| l.strip_prefix("tcp_port:"))
+        .unwrap_or_else(|| panic!("no tcp_port in {info:?}"));
+    line.trim().parse().unwrap()
+}
+
+/// The sluice binary with its stderr collected; listeners' addresses are
+/// read from its "listening" log lines (that is the readiness signal).
+struct Sluice {
+    child: Proc,
+    addrs: Vec<SocketAddr>,
+    log: mpsc::Receiver<String>,
+}
+
+impl Sluice {
+    fn start(args: &[&str], listeners: usize) -> Sluice {
+        let mut child = Command::new(SLUICE)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, log) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("sluice: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut sluice = Sluice {
+            child: Proc(child),
+            addrs: Vec::new(),
+            log,
+        };
+        while sluice.addrs.len() < listeners {
+            let line = sluice.wait_for_log("listening");
+            let addr = line
+                .split("addr=")
+                .nth(1)
+                .and_then(|a| a.split_whitespace().next());
+            sluice.addrs.push(addr.unwrap().parse().unwrap());
+        }
+        sluice
+    }
+
+    /// The next log line containing `needle`.
+    fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {needle:?}: {e}"),
+            }
+        }
+    }
+
+    fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.0.id().to_string();
+        run(Command::new("kill").args(["-TERM", &pid]));
+        self.child.0.wait().unwrap()
+    }
+}
+
+fn config_file(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn redis_ping_through_sluice_reaches_all_three_instances() {
+    let dns = ConsulDns::start();
+    let ports = [free_port(), free_port(), free_port()];
+    let _redis: Vec<Proc> = ports.iter().map(|&p| redis(p)).collect();
+    dns.add("redis", "node1", ports[0]);
+    dns.add("redis", "node2", ports[1]);
+    dns.add("redis", "-", ports[2]); // Consul's address-style target
+    let sluice = Sluice::start(&["--dns", &dns.addr(), "127.0.0.1:0:redis"], 1);
+    sluice.wait_for_log("backends changed");
+
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        let mut stream = TcpStream::connect(sluice.addrs[0]).unwrap();
+        assert_eq!(redis_command(&mut stream, "PING"), "+PONG\r\n");
+        seen.insert(redis_port_behind(sluice.addrs[0]));
+    }
+    assert_eq!(seen, BTreeSet::from(ports));
+    assert!(sluice.terminate().success(), "SIGTERM must exit 0");
+}
+
+#[test]
+fn instances_added_and_removed_with_nsupdate_are_seen_within_two_refreshes() {
+    let refresh = Duration::from_millis(500);
+    let dns = ConsulDns::start();
+    let ports = [free_port(), free_port(), free_port()];
+    let _redis: Vec<Proc> = ports.iter().map(|&p| redis(p)).collect();
+    dns.add("redis", "node1", ports[0]);
+    dns.add("redis", "node2", ports[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        &format!(
+            "dns = \"{}\"\nrefresh = \"500ms\"\n[listeners.redis]\nbind = \"127.0.0.1:0\"\nservice = \"redis\"\n",
+            dns.addr()
+        ),
+    );
+    let sluice = Sluice::start(&["--config", config.to_str().unwrap()], 1);
+    let addr = sluice.addrs[0];
+    sluice.wait_for_log("backends changed");
+
+    dns.add("redis", "node3", ports[2]);
+    let added = Instant::now();
+    while redis_port_behind(addr) != ports[2] {
+        assert!(
+            added.elapsed() < 2 * refresh,
+            "new instance not used within 2× refresh"
+        );
+    }
+
+    dns.del("redis", "node1", ports[0]);
+    let removed = Instant::now();
+    sluice.wait_for_log("removed=127.0.0.1");
+    assert!(
+        removed.elapsed() < 2 * refresh,
+        "removal not applied within 2× refresh"
+    );
+    for _ in 0..12 {
+        assert_ne!(
+            redis_port_behind(addr),
+            ports[0],
+            "removed instance still gets new connections"
+        );
+    }
+}
+
+fn carbon(dir: &Path, port: u16) -> Proc {
+    let d = dir.display();
+    std::fs::create_dir_all(dir.join("whisper")).unwrap();
+    let conf = format!(
+        "[cache]\nSTORAGE_DIR = {d}/\nLOCAL_DATA_DIR = {d}/whisper/\nCONF_DIR = {d}/\nLOG_DIR = {d}/\n\
+         PID_DIR = {d}/\nDATABASE = whisper\nMAX_CACHE_SIZE = inf\nMAX_UPDATES_PER_SECOND = 1000\n\
+         MAX_CREATES_PER_MINUTE = inf\nLINE_RECEIVER_INTERFACE = 127.0.0.1\nLINE_RECEIVER_PORT = {port}\n\
+         ENABLE_UDP_LISTENER = True\nUDP_RECEIVER_INTERFACE = 127.0.0.1\nUDP_RECEIVER_PORT = {port}\n\
+         PICKLE_RECEIVER_INTERFACE = 127.0.0.1\nPICKLE_RECEIVER_PORT = {}\n\
+         CACHE_QUERY_INTERFACE = 127.0.0.1\nCACHE_QUERY_PORT = {}\n",
+        free_port(),
+        free_port()
+    );
+    std::fs::write(dir.join("carbon.conf"), conf).unwrap();
+    std::fs::write(
+        dir.join("storage-schemas.conf"),
+        "[all]\npattern = .*\nretentions = 1s:1h\n",
+    )
+    .unwrap();
+    let child = Command::new("carbon-cache")
+        .arg(format!("--config={d}/carbon.conf"))
+        .arg(format!("--pidfile={d}/carbon.pid"))
+        .arg(format!("--logdir={d}"))
+        .args(["--nodaemon", "start"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("carbon-cache (apt-get install graphite-carbon)");
+    wait_for_port(port, "carbon-cache");
+    Proc(child)
+}
+
+#[test]
+fn metric_line_through_sluice_lands_in_carbons_whisper_file() {
+    let dns = ConsulDns::start();
+    let dir = tempfile::tempdir().unwrap();
+    let carbon_port = free_port();
+    let _carbon = carbon(dir.path(), carbon_port);
+    dns.add("graphite", "carbon1", carbon_port);
+    let sluice = Sluice::start(&["--dns", &dns.addr(), "127.0.0.1:0:graphite"], 1);
+    sluice.wait_for_log("backends changed");
+
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let mut stream = TcpStream::connect(sluice.addrs[0]).unwrap();
+    stream
+        .write_all(format!("sluice.integration.line 42 {now}\n").as_bytes())
+        .unwrap();
+    drop(stream);
+
+    let wsp = dir.path().join("whisper/sluice/integration/line.wsp");
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        if wsp.exists() {
+            let out = Command::new("whisper-fetch")
+                .arg(format!("--from={}", now - 10))
+                .arg(&wsp)
+                .output()
+                .expect("whisper-fetch (apt-get install python3-whisper)");
+            let text = String::from_utf8_lossy(&out.stdout);
+            if text
+                .lines()
+                .any(|l| l.starts_with(&now.to_string()) && l.ends_with("42.000000"))
+            {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metric never reached {}",
+            wsp.display()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn check_flag_prints_problems_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = config_file(
+        dir.path(),
+        "[listeners.redis]\nbind = \"127.0.0.1:6379\"\nservice = \"redis\"\nmax_conections = 5\n",
+    );
+    let out = Command::new(SLUICE)
+        .arg("--check")
+        .arg("-c")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:4: unknown field `max_conections`", bad.display())),
+        "{stderr}"
+    );
+
+    let good = config_file(
+        dir.path(),
+        "[listeners.redis]\nbind = \"127.0.0.1:6379\"\nservice = \"redis\"\n",
+    );
+    let out = Command::new(SLUICE)
+        .arg("--check")
+        .arg("-c")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn port_in_use_is_a_clear_error_naming_the_listener() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = Command::new(SLUICE)
+        .args(["--dns", "127.0.0.1:1", &format!("127.0.0.1:{port}:redis")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "listener '127.0.0.1:{port}:redis': cannot bind 127.0.0.1:{port}"
+        )),
+        "{stderr}"
+    );
+}
