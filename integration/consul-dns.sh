@@ -18,6 +18,7 @@ start)
 options { directory "$dir"; listen-on port $port { 127.0.0.1; }; listen-on-v6 { none; };
   recursion no; pid-file "$dir/named.pid"; dnssec-validation no; minimal-responses no;
   max-udp-size 4096; edns-udp-size 4096; notify no; };
+controls { };
 zone "consul" { type master; file "$dir/consul.zone"; allow-update { 127.0.0.1; }; journal "$dir/consul.zone.jnl"; };
 CONF
   cat >"$dir/consul.zone" <<ZONE
