@@ -188,11 +188,7 @@ impl Sluice {
         };
         while sluice.addrs.len() < listeners {
             let line = sluice.wait_for_log("listening");
-            let addr = line
-                .split("addr=")
-                .nth(1)
-                .and_then(|a| a.split_whitespace().next());
-            sluice.addrs.push(addr.unwrap().parse().unwrap());
+            sluice.addrs.push(log_field(&line, "addr").parse().unwrap());
         }
         sluice
     }
@@ -215,6 +211,17 @@ impl Sluice {
         run(Command::new("kill").args(["-TERM", &pid]));
         self.child.0.wait().unwrap()
     }
+}
+
+/// The value of `field` in a log line, text (`field=value`) or JSON (`"field":"value"`).
+fn log_field(line: &str, field: &str) -> String {
+    let text = format!("{field}=");
+    let json = format!("\"{field}\":\"");
+    let (_, rest) = line
+        .split_once(&text)
+        .or_else(|| line.split_once(&json))
+        .unwrap_or_else(|| panic!("no {field} in {line}"));
+    rest.split(['"', ' ']).next().unwrap_or_default().to_string()
 }
 
 fn config_file(dir: &Path, text: &str) -> PathBuf {
@@ -412,5 +419,194 @@ fn port_in_use_is_a_clear_error_naming_the_listener() {
             "listener '127.0.0.1:{port}:redis': cannot bind 127.0.0.1:{port}"
         )),
         "{stderr}"
+    );
+}
+
+/// GET `path` from `addr` over HTTP/1.0 and return the body.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(STARTUP)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_default();
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "GET {path}: {head}"
+    );
+    body.to_string()
+}
+
+/// sluice with the metrics endpoint and access log on, one redis behind it;
+/// also returns the endpoint's address and the log line that announced it.
+fn observed_sluice(dir: &Path, dns: &ConsulDns, extra_args: &[&str]) -> (Sluice, String, String) {
+    let config = config_file(
+        dir,
+        &format!(
+            "dns = \"{}\"\nmetrics = \"127.0.0.1:0\"\n[listeners.redis]\nbind = \"127.0.0.1:0\"\n\
+             service = \"redis\"\naccess_log = true\n",
+            dns.addr()
+        ),
+    );
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra_args);
+    let sluice = Sluice::start(&args, 1);
+    let announced = sluice.wait_for_log("serving /metrics");
+    let metrics = log_field(&announced, "addr");
+    sluice.wait_for_log("backends changed");
+    (sluice, metrics, announced)
+}
+
+#[test]
+fn promtool_accepts_the_exposition_and_access_log_has_one_line_per_connection() {
+    let dns = ConsulDns::start();
+    let port = free_port();
+    let _redis = redis(port);
+    dns.add("redis", "node1", port);
+    let dir = tempfile::tempdir().unwrap();
+    let (sluice, metrics, _) = observed_sluice(dir.path(), &dns, &[]);
+
+    let mut stream = TcpStream::connect(sluice.addrs[0]).unwrap();
+    assert_eq!(redis_command(&mut stream, "PING"), "+PONG\r\n");
+    drop(stream);
+    let line = sluice.wait_for_log("sluice::access");
+    for field in [
+        "client=127.0.0.1:",
+        &format!("backend=127.0.0.1:{port}"),
+        "up=6",
+        "down=7",
+        "ended=closed",
+    ] {
+        assert!(line.contains(field), "access log lacks {field}: {line}");
+    }
+
+    let exposition = http_get(&metrics, "/metrics");
+    assert!(
+        exposition.contains("sluice_listener_connections_total{listener=\"redis\"} 1"),
+        "{exposition}"
+    );
+    let path = dir.path().join("metrics.txt");
+    std::fs::write(&path, &exposition).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < {}", path.display()))
+        .output()
+        .expect("promtool (apt-get install prometheus)");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+}
+
+#[test]
+fn a_real_prometheus_scrapes_sluice() {
+    let dns = ConsulDns::start();
+    let port = free_port();
+    let _redis = redis(port);
+    dns.add("redis", "node1", port);
+    let dir = tempfile::tempdir().unwrap();
+    let (sluice, metrics, announced) = observed_sluice(dir.path(), &dns, &["--log-format", "json"]);
+    // --log-format json: one JSON object per line.
+    let fields: serde_json::Value = serde_json::from_str(&announced).unwrap();
+    assert_eq!(fields["fields"]["addr"], metrics.as_str());
+    let mut stream = TcpStream::connect(sluice.addrs[0]).unwrap();
+    assert_eq!(redis_command(&mut stream, "PING"), "+PONG\r\n");
+
+    let web = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: sluice\n    \
+             static_configs: [{{targets: ['{metrics}']}}]\n"
+        ),
+    )
+    .unwrap();
+    let _prometheus = Proc(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (apt-get install prometheus)"),
+    );
+    let deadline = Instant::now() + 3 * STARTUP;
+    loop {
+        if TcpStream::connect(&web).is_ok() {
+            let targets = http_get(&web, "/api/v1/targets");
+            let result = http_get(&web, "/api/v1/query?query=sluice_listener_connections_total");
+            if targets.contains("\"health\":\"up\"") && result.contains("\"listener\":\"redis\"") {
+                assert!(result.contains("\"1\"]"), "one connection counted: {result}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "prometheus never scraped sluice");
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn status_page_renders_in_headless_chromium() {
+    let dns = ConsulDns::start();
+    let port = free_port();
+    let _redis = redis(port);
+    dns.add("redis", "node1", port);
+    let dir = tempfile::tempdir().unwrap();
+    let (_sluice, metrics, _) = observed_sluice(dir.path(), &dns, &[]);
+
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("status-page.png");
+    let chromium = |extra: &[String]| {
+        Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+            ])
+            .args([
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                dir.path().join("chromium").display()
+            ))
+            .args(extra)
+            .arg(format!("http://{metrics}/"))
+            .output()
+            .expect("chromium (apt-get install chromium)")
+    };
+    let dom = chromium(&["--dump-dom".to_string()]);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.contains("<h2 id=\"redis\">redis</h2>"),
+        "listener heading missing: {dom}"
+    );
+    assert!(
+        dom.contains(&format!("<td>127.0.0.1:{port}</td>")),
+        "backend row missing: {dom}"
+    );
+    let shot = chromium(&[
+        format!("--screenshot={}", screenshot.display()),
+        "--window-size=1100,500".into(),
+    ]);
+    assert!(shot.status.success(), "{}", String::from_utf8_lossy(&shot.stderr));
+    assert!(
+        std::fs::metadata(&screenshot).unwrap().len() > 1000,
+        "empty screenshot"
     );
 }

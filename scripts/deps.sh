@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what sluice's tests, demo and benchmarks need on a fresh Debian
-# machine: BIND (the Consul DNS stand-in), redis, carbon-cache, and the
-# Rust components for fmt/clippy. Idempotent: installs only what is missing.
+# machine: BIND (the Consul DNS stand-in), redis, carbon-cache, Prometheus
+# (promtool and a real scraper), Chromium (status page check), and the Rust
+# components for fmt/clippy. Idempotent: installs only what is missing.
 set -euo pipefail
 
-packages=(bind9 bind9-dnsutils redis-server redis-tools graphite-carbon python3-whisper)
+packages=(bind9 bind9-dnsutils redis-server redis-tools graphite-carbon python3-whisper prometheus chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

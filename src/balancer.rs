@@ -300,10 +300,15 @@ impl Upstream {
         }
     }
 
+    /// The current pool; `None` before the first discovery answer.
+    pub fn current(&self) -> Option<Arc<Pool>> {
+        self.pools.borrow().clone()
+    }
+
     /// The current pool, waiting up to `wait` for the first discovery answer.
     pub async fn pool(&self, wait: Duration) -> Option<Arc<Pool>> {
-        if let Some(pool) = self.pools.borrow().as_ref() {
-            return Some(pool.clone());
+        if let Some(pool) = self.current() {
+            return Some(pool);
         }
         let mut pools = self.pools.clone();
         let ready = tokio::time::timeout(wait, pools.wait_for(Option::is_some)).await;

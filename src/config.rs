@@ -15,7 +15,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 /// Port used for `dns` / `--dns` when the address has none.
@@ -57,16 +57,18 @@ pub struct Listener {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Log one line per closed connection.
+    pub access_log: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Balance {
     RoundRobin,
@@ -74,6 +76,27 @@ pub enum Balance {
     Random,
     P2c,
     Maglev,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConn => "least-conn",
+            Balance::Random => "random",
+            Balance::P2c => "p2c",
+            Balance::Maglev => "maglev",
+        })
+    }
 }
 
 /// Where a listener's backends come from.
@@ -179,6 +202,7 @@ struct RawListener {
     max_connections: Option<Spanned<i64>>,
     tcp: Option<bool>,
     empty_grace: Option<Dur>,
+    access_log: Option<bool>,
 }
 
 impl Config {
@@ -516,6 +540,7 @@ impl Validator<'_> {
             connect_timeout,
             idle_timeout,
             max_connections,
+            access_log: raw.access_log.unwrap_or(false),
         })
     }
 }
@@ -552,6 +577,7 @@ fn parse_shorthand(text: &str, defaults: &Defaults) -> Result<Listener, String> 
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         idle_timeout: DEFAULT_IDLE_TIMEOUT,
         max_connections: DEFAULT_MAX_CONNECTIONS,
+        access_log: false,
     })
 }
 

@@ -10,19 +10,24 @@
 //! - [`balancer`]: per-listener pools built from snapshots, and backend choice
 //!   (round-robin, least-conn, random, p2c, maglev).
 //! - [`proxy`]: accept loops and byte forwarding with half-close and idle timeout.
+//! - [`metrics`]: metric names and the per-server Prometheus recorder.
+//! - [`admin`]: the HTTP endpoint for /metrics, /status, / and /healthz.
 //!
 //! [`Server::bind`] binds every listener (so tests can use port 0 and read the
 //! address back), [`Server::run`] serves until its shutdown token is cancelled,
 //! then drains for `shutdown_grace`.
 
+pub mod admin;
 pub mod balancer;
 pub mod config;
 pub mod discovery;
+pub mod metrics;
 pub mod proxy;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
@@ -35,9 +40,11 @@ pub use config::Config;
 use balancer::Upstream;
 use config::{BackendSource, Listener};
 use discovery::dns::DnsClient;
+use metrics::Metrics;
 
 /// Pending connections the kernel queues per listener while we are at `max_connections`.
 const LISTEN_BACKLOG: i32 = 1024;
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,12 +56,15 @@ pub enum Error {
     },
     #[error("no DNS server to ask: set `dns` in the config or pass --dns ({0})")]
     NoDns(io::Error),
+    #[error("metrics endpoint: cannot bind {addr}: {source}")]
+    BindMetrics { addr: SocketAddr, source: io::Error },
 }
 
 /// Every listener bound, ready to [`run`](Server::run).
 pub struct Server {
     config: Config,
     listeners: Vec<TcpListener>,
+    admin: Option<TcpListener>,
     dns: Option<DnsClient>,
 }
 
@@ -81,11 +91,21 @@ impl Server {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let admin = match config.metrics {
+            Some(addr) => Some(bind_tcp(addr).map_err(|source| Error::BindMetrics { addr, source })?),
+            None => None,
+        };
         Ok(Server {
             config,
             listeners,
+            admin,
             dns,
         })
+    }
+
+    /// Where the metrics/status endpoint listens, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Each listener's name and bound address (with the real port if it was 0).
@@ -102,9 +122,11 @@ impl Server {
     /// connections finish for up to `shutdown_grace` before closing them.
     pub async fn run(self, shutdown: CancellationToken) {
         let addrs = self.local_addrs();
+        let metrics_addr = self.metrics_addr();
         let Server {
             config,
             listeners,
+            admin,
             dns,
         } = self;
         if let Some(dns) = &dns {
@@ -112,17 +134,38 @@ impl Server {
         }
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
-        let discovered = discovery::start(&config.listeners, dns.as_ref(), &shutdown, &tracker);
-        for (((listener, socket), snapshots), (_, addr)) in
-            config.listeners.iter().zip(listeners).zip(discovered).zip(addrs)
+        let metrics = Arc::new(Metrics::new(admin.is_some()));
+        let discovered = discovery::start(&config.listeners, dns.as_ref(), &metrics, &shutdown, &tracker);
+        let mut contexts = Vec::new();
+        for (((listener, socket), snapshots), (_, addr)) in config
+            .listeners
+            .iter()
+            .zip(listeners)
+            .zip(discovered.snapshots)
+            .zip(addrs)
         {
             let ctx = Arc::new(proxy::tcp::Context {
                 config: Listener::clone(listener),
+                local_addr: addr,
                 upstream: Upstream::follow(listener.balance, snapshots, shutdown.clone()),
+                metrics: metrics.listener(&listener.name),
+                active: AtomicUsize::new(0),
                 hard_stop: hard_stop.clone(),
             });
+            contexts.push(ctx.clone());
             info!(listener = %listener.name, %addr, "listening");
             tracker.spawn(proxy::tcp::serve(socket, ctx, shutdown.clone(), tracker.clone()));
+        }
+        if let (Some(socket), Some(addr)) = (admin, metrics_addr) {
+            let admin = Arc::new(admin::Admin {
+                started: std::time::Instant::now(),
+                metrics: metrics.clone(),
+                listeners: contexts,
+                queries: discovered.queries,
+            });
+            info!(%addr, "serving /metrics, /status and / over HTTP");
+            tokio::spawn(admin::serve(socket, admin, shutdown.clone()));
+            tokio::spawn(upkeep(metrics, shutdown.clone()));
         }
 
         shutdown.cancelled().await;
@@ -138,6 +181,17 @@ impl Server {
             tracker.wait().await;
         }
         info!("stopped");
+    }
+}
+
+/// Folds histogram samples into buckets now and then, so they never pile up.
+async fn upkeep(metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(METRICS_UPKEEP);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => metrics.upkeep(),
+            _ = shutdown.cancelled() => return,
+        }
     }
 }
 

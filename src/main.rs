@@ -22,15 +22,24 @@ struct Cli {
     /// DNS server for SRV lookups, ip[:port] (port 53 if left out); overrides `dns`.
     #[arg(long, value_name = "ADDR")]
     dns: Option<String>,
-    /// Serve /metrics, /status and / on ADDR; overrides `metrics`.
+    /// Serve /metrics, /status, / and /healthz on ADDR; overrides `metrics`.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
     /// Validate the configuration, print what is wrong, exit 0 or 1.
     #[arg(long)]
     check: bool,
+    /// Log as human-readable text or as one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Shorthand listeners: [ADDR:]PORT[/udp]:SERVICE, e.g. 2003:graphite.
     #[arg(value_name = "LISTENER")]
     listeners: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -51,11 +60,13 @@ fn main() -> ExitCode {
         println!("configuration OK: {} listener(s)", config.listeners.len());
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -23,7 +23,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Backend, BackendSet, Diff, Snapshot};
+use super::{Backend, BackendSet, Diff, QueryState, Snapshot};
 use crate::config::SrvQuery;
 
 /// EDNS0 payload size we advertise; Consul and BIND answer up to this over UDP.
@@ -378,6 +378,7 @@ pub async fn watch(
     client: DnsClient,
     query: SrvQuery,
     tx: watch::Sender<Snapshot>,
+    state: Arc<QueryState>,
     shutdown: CancellationToken,
 ) {
     let name = query.name.as_str();
@@ -394,6 +395,10 @@ pub async fn watch(
             answer = lookup(&client, &query) => answer,
             _ = shutdown.cancelled() => return,
         };
+        state.record(match &answer {
+            Ok(answer) => Ok(matches!(answer, Answer::Backends(_))),
+            Err(e) => Err(e.to_string()),
+        });
         let current = tx.borrow().clone();
         let next = match answer {
             Ok(Answer::Backends(set)) => {

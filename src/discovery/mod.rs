@@ -7,13 +7,15 @@ pub mod dns;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{BackendSource, Listener};
+use crate::metrics::{Metrics, QueryMetrics};
 use dns::DnsClient;
 
 /// One address:port to forward to, as the SRV record gave it.
@@ -109,38 +111,102 @@ impl Diff {
 /// The latest backends of a source; `None` until the first answer.
 pub type Snapshot = Option<Arc<BackendSet>>;
 
-/// Starts one discovery task per distinct source among `listeners` and returns
-/// each listener's receiver, in the same order.
+/// What the status page shows of one SRV query, updated by its task.
+#[derive(Debug)]
+pub struct QueryState {
+    pub name: String,
+    health: Mutex<QueryHealth>,
+    metrics: QueryMetrics,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QueryHealth {
+    pub last_success: Option<SystemTime>,
+    pub last_error: Option<String>,
+}
+
+impl QueryState {
+    fn new(name: &str, metrics: QueryMetrics) -> Self {
+        QueryState {
+            name: name.to_string(),
+            health: Mutex::default(),
+            metrics,
+        }
+    }
+
+    pub fn health(&self) -> QueryHealth {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn record(&self, outcome: Result<bool, String>) {
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        match outcome {
+            Ok(found) => {
+                let now = SystemTime::now();
+                health.last_success = Some(now);
+                health.last_error = None;
+                let unix = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                self.metrics.last_success.set(unix.as_secs_f64());
+                if found {
+                    &self.metrics.ok
+                } else {
+                    &self.metrics.empty
+                }
+                .increment(1);
+            }
+            Err(e) => {
+                health.last_error = Some(e);
+                self.metrics.error.increment(1);
+            }
+        }
+    }
+}
+
+/// The receivers for each listener (in order) and the state of each query.
+pub struct Started {
+    pub snapshots: Vec<watch::Receiver<Snapshot>>,
+    pub queries: Vec<Arc<QueryState>>,
+}
+
+/// Starts one discovery task per distinct source among `listeners`.
 pub fn start(
     listeners: &[Listener],
     dns: Option<&DnsClient>,
+    metrics: &Metrics,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
-) -> Vec<watch::Receiver<Snapshot>> {
+) -> Started {
     let mut by_source: HashMap<&BackendSource, watch::Receiver<Snapshot>> = HashMap::new();
-    listeners
+    let mut queries = Vec::new();
+    let snapshots = listeners
         .iter()
         .map(|listener| {
             let source = &listener.backends;
             by_source
                 .entry(source)
-                .or_insert_with(|| match source {
-                    BackendSource::Static(addrs) => {
-                        let set = BackendSet::new(addrs.iter().copied().map(Backend::new).collect());
-                        // The sender may drop: receivers keep the last value.
-                        watch::channel(Some(Arc::new(set))).1
-                    }
-                    BackendSource::Dns(query) => {
-                        let client = dns.expect("a DNS client exists when a listener uses DNS").clone();
+                .or_insert_with(|| match (source, dns) {
+                    (BackendSource::Dns(query), Some(client)) => {
                         let (tx, rx) = watch::channel(None);
-                        let task = dns::watch(client, query.clone(), tx, shutdown.clone());
+                        let state = Arc::new(QueryState::new(&query.name, metrics.query(&query.name)));
+                        queries.push(state.clone());
+                        let task = dns::watch(client.clone(), query.clone(), tx, state, shutdown.clone());
                         tracker.spawn(task);
                         rx
                     }
+                    (BackendSource::Static(addrs), _) => static_snapshot(addrs),
+                    // Server::bind makes a client whenever a listener uses DNS.
+                    (BackendSource::Dns(_), None) => static_snapshot(&[]),
                 })
                 .clone()
         })
-        .collect()
+        .collect();
+    Started { snapshots, queries }
+}
+
+fn static_snapshot(addrs: &[SocketAddr]) -> watch::Receiver<Snapshot> {
+    let set = BackendSet::new(addrs.iter().copied().map(Backend::new).collect());
+    // The sender may drop: receivers keep the last value.
+    watch::channel(Some(Arc::new(set))).1
 }
 
 #[cfg(test)]

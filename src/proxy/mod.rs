@@ -11,9 +11,12 @@ use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use metrics::Counter;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
+
+use crate::metrics::ListenerMetrics;
 
 /// Bytes moved per read; the same as HAProxy's default buffer.
 const CHUNK: usize = 16 * 1024;
@@ -58,7 +61,12 @@ impl Meter {
 
 /// Forwards between `client` and `backend` until both directions have ended,
 /// one fails, or nothing moves for `idle`.
-pub async fn forward(client: &TcpStream, backend: &TcpStream, idle: Duration) -> Transfer {
+pub async fn forward(
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle: Duration,
+    metrics: &ListenerMetrics,
+) -> Transfer {
     let meter = Meter {
         start: Instant::now(),
         last_activity_ms: AtomicU64::new(0),
@@ -66,8 +74,8 @@ pub async fn forward(client: &TcpStream, backend: &TcpStream, idle: Duration) ->
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let both = async {
         tokio::try_join!(
-            pipe(client, backend, &meter, &up),
-            pipe(backend, client, &meter, &down)
+            pipe(client, backend, &meter, &up, &metrics.bytes_up),
+            pipe(backend, client, &meter, &down, &metrics.bytes_down)
         )
     };
     let idle_watch = async {
@@ -100,7 +108,13 @@ pub async fn forward(client: &TcpStream, backend: &TcpStream, idle: Duration) ->
 }
 
 /// Copies `from` → `to` until EOF, then half-closes `to`.
-async fn pipe(from: &TcpStream, to: &TcpStream, meter: &Meter, bytes: &AtomicU64) -> io::Result<()> {
+async fn pipe(
+    from: &TcpStream,
+    to: &TcpStream,
+    meter: &Meter,
+    bytes: &AtomicU64,
+    total: &Counter,
+) -> io::Result<()> {
     // Allocated on first data: an idle connection holds no buffer.
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -130,5 +144,6 @@ async fn pipe(from: &TcpStream, to: &TcpStream, meter: &Meter, bytes: &AtomicU64
             }
         }
         bytes.fetch_add(n as u64, Relaxed);
+        total.increment(n as u64);
     }
 }

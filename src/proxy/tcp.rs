@@ -4,12 +4,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use super::{End, forward};
 use crate::balancer::{Member, Upstream};
 use crate::config::Listener;
+use crate::metrics::ListenerMetrics;
 
 /// Distinct backends tried for one client before giving up.
 const MAX_ATTEMPTS: usize = 3;
@@ -26,7 +27,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// What a listener's tasks share.
 pub struct Context {
     pub config: Listener,
+    /// The address really bound (`config.bind` may ask for port 0).
+    pub local_addr: SocketAddr,
     pub upstream: Upstream,
+    pub metrics: ListenerMetrics,
+    /// Client connections open now.
+    pub active: AtomicUsize,
     /// Cancelled when the shutdown grace is over: open connections close.
     pub hard_stop: CancellationToken,
 }
@@ -69,12 +75,15 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
+        ctx.metrics.connections.increment(1);
         let ctx = ctx.clone();
         tracker.spawn(async move {
+            ctx.active.fetch_add(1, Relaxed);
             tokio::select! {
                 _ = handle(client, peer, &ctx) => {}
                 _ = ctx.hard_stop.cancelled() => {}
             }
+            ctx.active.fetch_sub(1, Relaxed);
             drop(permit);
         });
     }
@@ -98,21 +107,22 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
     stats.active.fetch_add(1, Relaxed);
     let _active = ActiveGuard(member.clone());
     let _ = backend.set_nodelay(true);
-    let transfer = forward(&client, &backend, config.idle_timeout).await;
-    let how = match &transfer.end {
-        End::Closed => "closed",
-        End::Idle => "idle timeout",
-        End::Error(_) => "error",
+    let started = Instant::now();
+    let transfer = forward(&client, &backend, config.idle_timeout, &ctx.metrics).await;
+    let duration = started.elapsed();
+    ctx.metrics.duration.record(duration.as_secs_f64());
+    let ended = match &transfer.end {
+        End::Closed => "closed".to_string(),
+        End::Idle => "idle timeout".to_string(),
+        End::Error(e) => format!("error: {e}"),
     };
-    debug!(
-        listener = name,
-        %peer,
-        backend = %member.addr(),
-        up = transfer.up,
-        down = transfer.down,
-        how,
-        "connection ended"
-    );
+    let backend = member.addr();
+    let (up, down) = (transfer.up, transfer.down);
+    if config.access_log {
+        info!(target: "sluice::access", listener = %name, client = %peer, %backend, up, down, ?duration, ended = %ended);
+    } else {
+        debug!(listener = name, client = %peer, %backend, up, down, ?duration, ended, "connection ended");
+    }
 }
 
 /// Decrements the backend's active count however the connection ends.

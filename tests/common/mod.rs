@@ -284,6 +284,8 @@ pub async fn backend_port(addr: SocketAddr) -> u16 {
 /// sluice running in-process.
 pub struct Sluice {
     pub addrs: Vec<(String, SocketAddr)>,
+    /// The /metrics and /status endpoint, when the config has `metrics`.
+    pub metrics: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub done: tokio::task::JoinHandle<()>,
 }
@@ -294,10 +296,12 @@ impl Sluice {
         let config = sluice::Config::parse(config_toml, "test.toml", &Default::default()).unwrap();
         let server = sluice::Server::bind(config).await.unwrap();
         let addrs = server.local_addrs();
+        let metrics = server.metrics_addr();
         let shutdown = CancellationToken::new();
         let done = tokio::spawn(server.run(shutdown.clone()));
         Sluice {
             addrs,
+            metrics,
             shutdown,
             done,
         }
@@ -320,4 +324,18 @@ pub fn dns_config(dns: &FakeDns, service: &str, extra: &str) -> String {
 /// A plain connection through `addr`, nothing read yet.
 pub async fn raw_connect(addr: SocketAddr) -> BufReader<TcpStream> {
     BufReader::new(TcpStream::connect(addr).await.unwrap())
+}
+
+/// GET `path` over HTTP/1.0; returns (status line, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: sluice\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
 }

@@ -1,0 +1,316 @@
+//! The admin HTTP endpoint: `/metrics` (Prometheus text), `/status` (JSON),
+//! `/` (an HTML status page in the spirit of HAProxy's stats page) and
+//! `/healthz`. Everything is read from the listeners' live state on request;
+//! nothing here is on a forwarding path.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Instant, SystemTime};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::config::{BackendSource, Balance, Protocol};
+use crate::discovery::QueryState;
+use crate::metrics::{self, LiveFamily, Metrics};
+use crate::proxy::tcp::Context;
+
+/// Seconds between refreshes of the HTML page.
+const PAGE_REFRESH_SECONDS: u32 = 2;
+
+/// What the endpoint reads from.
+pub struct Admin {
+    pub started: Instant,
+    pub metrics: Arc<Metrics>,
+    pub listeners: Vec<Arc<Context>>,
+    pub queries: Vec<Arc<QueryState>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub uptime_seconds: f64,
+    pub listeners: Vec<ListenerStatus>,
+    pub queries: Vec<QueryStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub bind: String,
+    pub protocol: Protocol,
+    /// The SRV name, or "static".
+    pub query: String,
+    pub balance: Balance,
+    pub active_connections: usize,
+    /// `false` until discovery has answered once.
+    pub resolved: bool,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    pub address: String,
+    pub priority: u16,
+    pub weight: u16,
+    pub healthy: bool,
+    pub active_connections: usize,
+    pub total_connections: u64,
+    pub connect_failures: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueryStatus {
+    pub name: String,
+    /// Unix time of the last successful lookup.
+    pub last_success: Option<f64>,
+    pub last_error: Option<String>,
+}
+
+fn unix(time: SystemTime) -> f64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+impl Admin {
+    pub fn status(&self) -> Status {
+        let listeners = self
+            .listeners
+            .iter()
+            .map(|ctx| {
+                let config = &ctx.config;
+                let pool = ctx.upstream.current();
+                let backends = pool
+                    .iter()
+                    .flat_map(|p| p.members())
+                    .map(|m| BackendStatus {
+                        address: m.addr().to_string(),
+                        priority: m.backend.priority,
+                        weight: m.backend.weight,
+                        healthy: true,
+                        active_connections: m.stats.active.load(Relaxed),
+                        total_connections: m.stats.total.load(Relaxed),
+                        connect_failures: m.stats.connect_failures.load(Relaxed),
+                    })
+                    .collect();
+                ListenerStatus {
+                    name: config.name.clone(),
+                    bind: ctx.local_addr.to_string(),
+                    protocol: config.protocol,
+                    query: match &config.backends {
+                        BackendSource::Dns(q) => q.name.clone(),
+                        BackendSource::Static(_) => "static".into(),
+                    },
+                    balance: config.balance,
+                    active_connections: ctx.active.load(Relaxed),
+                    resolved: pool.is_some(),
+                    backends,
+                }
+            })
+            .collect();
+        let queries = self
+            .queries
+            .iter()
+            .map(|q| {
+                let health = q.health();
+                QueryStatus {
+                    name: q.name.clone(),
+                    last_success: health.last_success.map(unix),
+                    last_error: health.last_error,
+                }
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            listeners,
+            queries,
+        }
+    }
+
+    /// The Prometheus exposition: recorder series plus live per-backend ones.
+    pub fn render_metrics(&self) -> String {
+        let status = self.status();
+        let mut active = LiveFamily::new(
+            metrics::LISTENER_ACTIVE_CONNECTIONS,
+            "gauge",
+            "Client connections open now.",
+        );
+        let mut backends = LiveFamily::new(metrics::BACKENDS, "gauge", "Backends in the set, by state.");
+        let mut total = LiveFamily::new(
+            metrics::BACKEND_CONNECTIONS_TOTAL,
+            "counter",
+            "Connections established to the backend.",
+        );
+        let mut open = LiveFamily::new(
+            metrics::BACKEND_ACTIVE_CONNECTIONS,
+            "gauge",
+            "Connections open to the backend now.",
+        );
+        let mut failures = LiveFamily::new(
+            metrics::BACKEND_CONNECT_FAILURES_TOTAL,
+            "counter",
+            "Failed connection attempts to the backend.",
+        );
+        for l in &status.listeners {
+            let listener = (metrics::LABEL_LISTENER, l.name.clone());
+            active
+                .series
+                .push((vec![listener.clone()], l.active_connections as f64));
+            let healthy = l.backends.iter().filter(|b| b.healthy).count();
+            for (state, count) in [("healthy", healthy), ("unhealthy", l.backends.len() - healthy)] {
+                let labels = vec![listener.clone(), (metrics::LABEL_STATE, state.to_string())];
+                backends.series.push((labels, count as f64));
+            }
+            for b in &l.backends {
+                let labels = vec![listener.clone(), (metrics::LABEL_BACKEND, b.address.clone())];
+                total.series.push((labels.clone(), b.total_connections as f64));
+                open.series.push((labels.clone(), b.active_connections as f64));
+                failures.series.push((labels, b.connect_failures as f64));
+            }
+        }
+        self.metrics.render(&[active, backends, total, open, failures])
+    }
+
+    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let (status, content_type, body) = match (req.method(), req.uri().path()) {
+            (&Method::GET, "/metrics") => {
+                (StatusCode::OK, "text/plain; version=0.0.4", self.render_metrics())
+            }
+            (&Method::GET, "/status") => {
+                let json = serde_json::to_string_pretty(&self.status()).unwrap_or_default();
+                (StatusCode::OK, "application/json", json)
+            }
+            (&Method::GET, "/") => (StatusCode::OK, "text/html; charset=utf-8", html(&self.status())),
+            (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".into()),
+            (&Method::GET, _) => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+            _ => (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()),
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
+    }
+}
+
+/// Serves HTTP/1 on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let admin = admin.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let response = admin.respond(&req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The status page: one table per listener, no external assets.
+fn html(status: &Status) -> String {
+    let mut page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"{PAGE_REFRESH_SECONDS}\">\
+         <title>sluice status</title><style>\
+         body{{font:13px sans-serif;margin:1em;background:#f6f6f0}}\
+         h1{{font-size:18px}} h2{{font-size:14px;margin:1.2em 0 .3em}}\
+         table{{border-collapse:collapse;min-width:50em}}\
+         th,td{{border:1px solid #999;padding:2px 8px;text-align:right}}\
+         th{{background:#20304a;color:#fff}} td:first-child,th:first-child{{text-align:left}}\
+         tr.up{{background:#c8f0c0}} tr.down{{background:#f4b0a8}} .meta{{color:#555}}\
+         </style></head><body><h1>sluice {} &mdash; up {:.0}s</h1>",
+        status.version, status.uptime_seconds
+    );
+    for l in &status.listeners {
+        let _ = write!(
+            page,
+            "<h2 id=\"{name}\">{name}</h2><p class=\"meta\">{bind}/{protocol} &rarr; {query} \
+             ({balance}), {active} open connection(s){pending}</p>\
+             <table><tr><th>backend</th><th>priority</th><th>weight</th><th>status</th>\
+             <th>active</th><th>total</th><th>connect failures</th></tr>",
+            name = escape(&l.name),
+            bind = escape(&l.bind),
+            protocol = l.protocol,
+            query = escape(&l.query),
+            balance = l.balance,
+            active = l.active_connections,
+            pending = if l.resolved {
+                ""
+            } else {
+                ", waiting for the first DNS answer"
+            },
+        );
+        for b in &l.backends {
+            let (class, state) = if b.healthy { ("up", "UP") } else { ("down", "DOWN") };
+            let _ = write!(
+                page,
+                "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{}</td><td>{state}</td>\
+                 <td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&b.address),
+                b.priority,
+                b.weight,
+                b.active_connections,
+                b.total_connections,
+                b.connect_failures
+            );
+        }
+        if l.backends.is_empty() {
+            page.push_str("<tr><td colspan=\"7\">no backends</td></tr>");
+        }
+        page.push_str("</table>");
+    }
+    page.push_str(
+        "<h2>DNS queries</h2><table><tr><th>query</th><th>last success</th><th>last error</th></tr>",
+    );
+    let now = unix(SystemTime::now());
+    for q in &status.queries {
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&q.name),
+            q.last_success
+                .map_or("never".into(), |t| format!("{:.1}s ago", (now - t).max(0.0))),
+            escape(q.last_error.as_deref().unwrap_or("")),
+        );
+    }
+    page.push_str("</table></body></html>\n");
+    page
+}

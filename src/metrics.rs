@@ -1,0 +1,195 @@
+//! Metrics: the metric names (a contract: dashboards depend on them), the
+//! per-server Prometheus recorder, and the handles the hot paths hold.
+//!
+//! Counters that only grow live in the `metrics` recorder; handles are
+//! resolved once per listener or query, so counting is one atomic add.
+//! Per-backend series are rendered at scrape time from the listeners' live
+//! pools instead, so a backend that leaves the set leaves the exposition too.
+//! Without a metrics endpoint every handle is a no-op.
+
+use std::fmt::Write as _;
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+
+pub const LISTENER_CONNECTIONS_TOTAL: &str = "sluice_listener_connections_total";
+pub const LISTENER_ACTIVE_CONNECTIONS: &str = "sluice_listener_active_connections";
+pub const BACKEND_CONNECTIONS_TOTAL: &str = "sluice_backend_connections_total";
+pub const BACKEND_ACTIVE_CONNECTIONS: &str = "sluice_backend_active_connections";
+pub const BACKEND_CONNECT_FAILURES_TOTAL: &str = "sluice_backend_connect_failures_total";
+pub const BACKENDS: &str = "sluice_backends";
+pub const BYTES_TOTAL: &str = "sluice_bytes_total";
+pub const DISCOVERY_LOOKUPS_TOTAL: &str = "sluice_discovery_lookups_total";
+pub const DISCOVERY_LAST_SUCCESS: &str = "sluice_discovery_last_success_timestamp_seconds";
+pub const CONNECTION_DURATION: &str = "sluice_connection_duration_seconds";
+pub const BUILD_INFO: &str = "sluice_build_info";
+
+pub const LABEL_LISTENER: &str = "listener";
+pub const LABEL_BACKEND: &str = "backend";
+pub const LABEL_DIRECTION: &str = "direction";
+pub const LABEL_QUERY: &str = "query";
+pub const LABEL_RESULT: &str = "result";
+pub const LABEL_STATE: &str = "state";
+
+/// Connection durations span milliseconds (a PING) to hours (a pooled client).
+const DURATION_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0];
+
+const DESCRIPTIONS: &[(&str, &str)] = &[
+    (LISTENER_CONNECTIONS_TOTAL, "Client connections accepted."),
+    (BYTES_TOTAL, "Bytes forwarded, by direction."),
+    (
+        DISCOVERY_LOOKUPS_TOTAL,
+        "SRV lookups by result (ok, error, empty).",
+    ),
+    (DISCOVERY_LAST_SUCCESS, "Unix time of the last successful lookup."),
+    (CONNECTION_DURATION, "How long proxied connections lasted."),
+    (BUILD_INFO, "Always 1; the version is a label."),
+];
+
+/// The recorder of one [`crate::Server`], or nothing when metrics are off.
+pub struct Metrics {
+    recorder: Option<PrometheusRecorder>,
+}
+
+/// What a listener counts on its hot path.
+#[derive(Clone, Debug)]
+pub struct ListenerMetrics {
+    pub connections: Counter,
+    pub bytes_up: Counter,
+    pub bytes_down: Counter,
+    pub duration: Histogram,
+}
+
+/// What a discovery task counts per lookup.
+#[derive(Clone, Debug)]
+pub struct QueryMetrics {
+    pub ok: Counter,
+    pub error: Counter,
+    pub empty: Counter,
+    pub last_success: Gauge,
+}
+
+fn labels(pairs: &[(&'static str, &str)]) -> Vec<Label> {
+    pairs.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect()
+}
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
+
+impl Metrics {
+    /// A recorder when `enabled` (there is an endpoint to scrape it).
+    pub fn new(enabled: bool) -> Metrics {
+        let recorder = enabled.then(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(DURATION_BUCKETS)
+                .expect("the bucket list is a non-empty constant");
+            builder.build_recorder()
+        });
+        if let Some(r) = &recorder {
+            for (name, help) in DESCRIPTIONS {
+                let (key, help) = (KeyName::from(*name), SharedString::from(*help));
+                r.describe_counter(key, None, help);
+            }
+            let version = [(LABEL_VERSION, env!("CARGO_PKG_VERSION"))];
+            r.register_gauge(&Key::from_parts(BUILD_INFO, labels(&version)), &METADATA)
+                .set(1.0);
+        }
+        Metrics { recorder }
+    }
+
+    fn counter(&self, name: &'static str, pairs: &[(&'static str, &str)]) -> Counter {
+        match &self.recorder {
+            Some(r) => r.register_counter(&Key::from_parts(name, labels(pairs)), &METADATA),
+            None => Counter::noop(),
+        }
+    }
+
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        let l = (LABEL_LISTENER, listener);
+        let histogram = match &self.recorder {
+            Some(r) => r.register_histogram(&Key::from_parts(CONNECTION_DURATION, labels(&[l])), &METADATA),
+            None => Histogram::noop(),
+        };
+        ListenerMetrics {
+            connections: self.counter(LISTENER_CONNECTIONS_TOTAL, &[l]),
+            bytes_up: self.counter(BYTES_TOTAL, &[l, (LABEL_DIRECTION, "client_to_backend")]),
+            bytes_down: self.counter(BYTES_TOTAL, &[l, (LABEL_DIRECTION, "backend_to_client")]),
+            duration: histogram,
+        }
+    }
+
+    pub fn query(&self, query: &str) -> QueryMetrics {
+        let q = (LABEL_QUERY, query);
+        let last_success = match &self.recorder {
+            Some(r) => r.register_gauge(&Key::from_parts(DISCOVERY_LAST_SUCCESS, labels(&[q])), &METADATA),
+            None => Gauge::noop(),
+        };
+        QueryMetrics {
+            ok: self.counter(DISCOVERY_LOOKUPS_TOTAL, &[q, (LABEL_RESULT, "ok")]),
+            error: self.counter(DISCOVERY_LOOKUPS_TOTAL, &[q, (LABEL_RESULT, "error")]),
+            empty: self.counter(DISCOVERY_LOOKUPS_TOTAL, &[q, (LABEL_RESULT, "empty")]),
+            last_success,
+        }
+    }
+
+    /// Drains histogram samples into their buckets; call every few seconds.
+    pub fn upkeep(&self) {
+        if let Some(r) = &self.recorder {
+            r.handle().run_upkeep();
+        }
+    }
+
+    /// The exposition: the recorder's series, then `live` ones rendered from state.
+    pub fn render(&self, live: &[LiveFamily]) -> String {
+        let mut out = self
+            .recorder
+            .as_ref()
+            .map(|r| r.handle().render())
+            .unwrap_or_default();
+        for family in live {
+            family.render(&mut out);
+        }
+        out
+    }
+}
+
+const LABEL_VERSION: &str = "version";
+
+/// A metric family rendered from live state at scrape time.
+pub struct LiveFamily {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub help: &'static str,
+    /// Label pairs and value of each series.
+    pub series: Vec<(Vec<(&'static str, String)>, f64)>,
+}
+
+impl LiveFamily {
+    pub fn new(name: &'static str, kind: &'static str, help: &'static str) -> Self {
+        LiveFamily {
+            name,
+            kind,
+            help,
+            series: Vec::new(),
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
+        for (labels, value) in &self.series {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                .collect();
+            let _ = writeln!(out, "{}{{{}}} {value}", self.name, labels.join(","));
+        }
+        out.push('\n');
+    }
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
