@@ -345,19 +345,25 @@ fn metric_line_through_sluice_lands_in_carbons_whisper_file() {
         .unwrap();
     drop(stream);
 
-    let wsp = dir.path().join("whisper/sluice/integration/line.wsp");
+    wait_for_whisper(dir.path(), "sluice.integration.line", now, 42);
+}
+
+/// Waits until carbon's whisper file for `metric` holds `value` at `time`.
+fn wait_for_whisper(carbon_dir: &Path, metric: &str, time: u64, value: u32) {
+    let wsp = carbon_dir.join("whisper").join(metric.replace('.', "/") + ".wsp");
+    let want = format!("{value}.000000");
     let deadline = Instant::now() + STARTUP;
     loop {
         if wsp.exists() {
             let out = Command::new("whisper-fetch")
-                .arg(format!("--from={}", now - 10))
+                .arg(format!("--from={}", time - 10))
                 .arg(&wsp)
                 .output()
                 .expect("whisper-fetch (apt-get install python3-whisper)");
             let text = String::from_utf8_lossy(&out.stdout);
             if text
                 .lines()
-                .any(|l| l.starts_with(&now.to_string()) && l.ends_with("42.000000"))
+                .any(|l| l.starts_with(&time.to_string()) && l.ends_with(&want))
             {
                 return;
             }
@@ -369,6 +375,53 @@ fn metric_line_through_sluice_lands_in_carbons_whisper_file() {
         );
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn metric_datagram_through_sluice_lands_in_carbons_whisper_file() {
+    let dns = ConsulDns::start();
+    let dir = tempfile::tempdir().unwrap();
+    let carbon_port = free_port();
+    let _carbon = carbon(dir.path(), carbon_port);
+    dns.add("graphite", "carbon1", carbon_port);
+    let sluice = Sluice::start(&["--dns", &dns.addr(), "127.0.0.1:0/udp:graphite"], 1);
+    sluice.wait_for_log("backends changed");
+
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let line = format!("sluice.integration.udp 7 {now}\n");
+    socket.send_to(line.as_bytes(), sluice.addrs[0]).unwrap();
+    wait_for_whisper(dir.path(), "sluice.integration.udp", now, 7);
+}
+
+#[test]
+fn dig_through_a_udp_listener_reaches_two_real_bind_servers() {
+    let dns = ConsulDns::start();
+    // Two DNS servers to balance over, each answering whoami differently.
+    let servers = [ConsulDns::start(), ConsulDns::start()];
+    for (server, port) in servers.iter().zip([1111, 2222]) {
+        server.add("whoami", "node1", port);
+        dns.add("dns", "-", server.port);
+    }
+    let sluice = Sluice::start(&["--dns", &dns.addr(), "127.0.0.1:0/udp:dns"], 1);
+    sluice.wait_for_log("backends changed");
+
+    let mut answers = BTreeSet::new();
+    for _ in 0..6 {
+        // dig picks a new source port per run: a new flow each time.
+        let out = Command::new("dig")
+            .args(["+short", "+tries=1", "+time=2", "@127.0.0.1", "-p"])
+            .arg(sluice.addrs[0].port().to_string())
+            .args(["whoami.service.consul", "SRV"])
+            .output()
+            .expect("dig (apt-get install bind9-dnsutils)");
+        answers.insert(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+    let want = BTreeSet::from([
+        "1 1 1111 node1.node.dc1.consul.".to_string(),
+        "1 1 2222 node1.node.dc1.consul.".to_string(),
+    ]);
+    assert_eq!(answers, want);
 }
 
 #[test]

@@ -24,7 +24,7 @@ use tracing::debug;
 use crate::config::{BackendSource, Balance, Protocol};
 use crate::discovery::QueryState;
 use crate::metrics::{self, LiveFamily, Metrics};
-use crate::proxy::tcp::Context;
+use crate::proxy::Context;
 
 /// Seconds between refreshes of the HTML page.
 const PAGE_REFRESH_SECONDS: u32 = 2;
@@ -148,6 +148,7 @@ impl Admin {
             "gauge",
             "Client connections open now.",
         );
+        let mut flows = LiveFamily::new(metrics::UDP_FLOWS_ACTIVE, "gauge", "UDP flows tracked now.");
         let mut backends = LiveFamily::new(metrics::BACKENDS, "gauge", "Backends in the set, by state.");
         let mut total = LiveFamily::new(
             metrics::BACKEND_CONNECTIONS_TOTAL,
@@ -166,9 +167,11 @@ impl Admin {
         );
         for l in &status.listeners {
             let listener = (metrics::LABEL_LISTENER, l.name.clone());
-            active
-                .series
-                .push((vec![listener.clone()], l.active_connections as f64));
+            let open_now = (vec![listener.clone()], l.active_connections as f64);
+            match l.protocol {
+                Protocol::Tcp => active.series.push(open_now),
+                Protocol::Udp => flows.series.push(open_now),
+            }
             let healthy = l.backends.iter().filter(|b| b.healthy).count();
             for (state, count) in [("healthy", healthy), ("unhealthy", l.backends.len() - healthy)] {
                 let labels = vec![listener.clone(), (metrics::LABEL_STATE, state.to_string())];
@@ -181,7 +184,8 @@ impl Admin {
                 failures.series.push((labels, b.connect_failures as f64));
             }
         }
-        self.metrics.render(&[active, backends, total, open, failures])
+        self.metrics
+            .render(&[active, flows, backends, total, open, failures])
     }
 
     fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -27,12 +27,15 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_FLOWS: usize = 65_536;
 /// NXDOMAIN / empty answers are applied after this many refresh intervals.
 const EMPTY_GRACE_REFRESHES: u32 = 3;
 
 /// Bounds on values; outside them the config is rejected, never clamped.
 const MIN_REFRESH: Duration = Duration::from_millis(10);
-const MAX_CONNECTIONS_LIMIT: usize = 1 << 24;
+/// Upper bound for `max_connections` and `max_flows`.
+const MAX_COUNT: usize = 1 << 24;
 
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +62,28 @@ pub struct Listener {
     pub max_connections: usize,
     /// Log one line per closed connection.
     pub access_log: bool,
+    pub udp: UdpSettings,
+}
+
+/// How a UDP listener tracks flows (ignored for TCP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSettings {
+    /// A flow with no datagram either way for this long is forgotten.
+    pub idle_timeout: Duration,
+    /// Flows kept at most; the least recently used goes first.
+    pub max_flows: usize,
+    /// `false`: fire-and-forget (statsd): no flows, datagrams spread per packet.
+    pub replies: bool,
+}
+
+impl Default for UdpSettings {
+    fn default() -> Self {
+        UdpSettings {
+            idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
+            max_flows: DEFAULT_MAX_FLOWS,
+            replies: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -203,6 +228,9 @@ struct RawListener {
     tcp: Option<bool>,
     empty_grace: Option<Dur>,
     access_log: Option<bool>,
+    udp_idle_timeout: Option<Dur>,
+    max_flows: Option<Spanned<i64>>,
+    udp_replies: Option<bool>,
 }
 
 impl Config {
@@ -382,6 +410,19 @@ impl Validator<'_> {
         }
     }
 
+    /// A count between 1 and [`MAX_COUNT`].
+    fn count(&mut self, value: Option<&Spanned<i64>>, key: &str, default: usize) -> usize {
+        let Some(value) = value else { return default };
+        match usize::try_from(*value.get_ref()) {
+            Ok(n) if (1..=MAX_COUNT).contains(&n) => n,
+            _ => {
+                let message = format!("must be between 1 and {MAX_COUNT}, got {}", value.get_ref());
+                self.problem_at(value, key, message);
+                default
+            }
+        }
+    }
+
     fn cli_addr(&mut self, value: &str, flag: &str, default_port: u16) -> Option<SocketAddr> {
         let parsed = if default_port == 0 {
             parse_socket_addr(value)
@@ -415,11 +456,6 @@ impl Validator<'_> {
             }
         };
         let protocol = raw.protocol.as_ref().map_or(Protocol::Tcp, |p| *p.get_ref());
-        if let Some(p) = &raw.protocol {
-            if protocol == Protocol::Udp {
-                self.problem_at(p, &key("protocol"), "udp is not supported yet");
-            }
-        }
 
         let refresh = defaults.refresh;
         let empty_grace = match &raw.empty_grace {
@@ -513,19 +549,20 @@ impl Validator<'_> {
             tiny,
             DEFAULT_IDLE_TIMEOUT,
         );
-        let max_connections = match &raw.max_connections {
-            Some(m) => match usize::try_from(*m.get_ref()) {
-                Ok(n) if (1..=MAX_CONNECTIONS_LIMIT).contains(&n) => n,
-                _ => {
-                    let message = format!(
-                        "must be between 1 and {MAX_CONNECTIONS_LIMIT}, got {}",
-                        m.get_ref()
-                    );
-                    self.problem_at(m, &key("max_connections"), message);
-                    0
-                }
-            },
-            None => DEFAULT_MAX_CONNECTIONS,
+        let max_connections = self.count(
+            raw.max_connections.as_ref(),
+            &key("max_connections"),
+            DEFAULT_MAX_CONNECTIONS,
+        );
+        let udp = UdpSettings {
+            idle_timeout: self.duration(
+                raw.udp_idle_timeout.as_ref(),
+                &key("udp_idle_timeout"),
+                tiny,
+                DEFAULT_UDP_IDLE_TIMEOUT,
+            ),
+            max_flows: self.count(raw.max_flows.as_ref(), &key("max_flows"), DEFAULT_MAX_FLOWS),
+            replies: raw.udp_replies.unwrap_or(true),
         };
 
         if self.problems.len() > before {
@@ -541,6 +578,7 @@ impl Validator<'_> {
             idle_timeout,
             max_connections,
             access_log: raw.access_log.unwrap_or(false),
+            udp,
         })
     }
 }
@@ -555,9 +593,6 @@ fn parse_shorthand(text: &str, defaults: &Defaults) -> Result<Listener, String> 
     } else {
         (head.strip_suffix("/tcp").unwrap_or(head), Protocol::Tcp)
     };
-    if protocol == Protocol::Udp {
-        return Err("udp is not supported yet".into());
-    }
     let bind = match head.parse::<u16>() {
         Ok(port) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
         Err(_) => parse_socket_addr(head).map_err(|e| format!("{e}; {FORM}"))?,
@@ -578,6 +613,7 @@ fn parse_shorthand(text: &str, defaults: &Defaults) -> Result<Listener, String> 
         idle_timeout: DEFAULT_IDLE_TIMEOUT,
         max_connections: DEFAULT_MAX_CONNECTIONS,
         access_log: false,
+        udp: UdpSettings::default(),
     })
 }
 

@@ -29,8 +29,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use socket2::{Domain, Socket, Type};
-use tokio::net::TcpListener;
+use socket2::{Domain, Socket as Socket2, Type};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -38,12 +38,13 @@ use tracing::{info, warn};
 pub use config::Config;
 
 use balancer::Upstream;
-use config::{BackendSource, Listener};
+use config::{BackendSource, Listener, Protocol};
 use discovery::dns::DnsClient;
 use metrics::Metrics;
 
 /// Pending connections the kernel queues per listener while we are at `max_connections`.
 const LISTEN_BACKLOG: i32 = 1024;
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
 const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +61,25 @@ pub enum Error {
     BindMetrics { addr: SocketAddr, source: io::Error },
 }
 
+/// A bound listening socket.
+enum Socket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl Socket {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Socket::Tcp(s) => s.local_addr(),
+            Socket::Udp(s) => s.local_addr(),
+        }
+    }
+}
+
 /// Every listener bound, ready to [`run`](Server::run).
 pub struct Server {
     config: Config,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Socket>,
     admin: Option<TcpListener>,
     dns: Option<DnsClient>,
 }
@@ -84,7 +100,11 @@ impl Server {
             .listeners
             .iter()
             .map(|l| {
-                bind_tcp(l.bind).map_err(|source| Error::Bind {
+                let bound = match l.protocol {
+                    Protocol::Tcp => bind_tcp(l.bind).map(Socket::Tcp),
+                    Protocol::Udp => bind_udp(l.bind).map(Socket::Udp),
+                };
+                bound.map_err(|source| Error::Bind {
                     listener: l.name.clone(),
                     addr: l.bind,
                     source,
@@ -144,7 +164,7 @@ impl Server {
             .zip(discovered.snapshots)
             .zip(addrs)
         {
-            let ctx = Arc::new(proxy::tcp::Context {
+            let ctx = Arc::new(proxy::Context {
                 config: Listener::clone(listener),
                 local_addr: addr,
                 upstream: Upstream::follow(listener.balance, snapshots, shutdown.clone()),
@@ -153,8 +173,15 @@ impl Server {
                 hard_stop: hard_stop.clone(),
             });
             contexts.push(ctx.clone());
-            info!(listener = %listener.name, %addr, "listening");
-            tracker.spawn(proxy::tcp::serve(socket, ctx, shutdown.clone(), tracker.clone()));
+            info!(listener = %listener.name, %addr, protocol = %listener.protocol, "listening");
+            match socket {
+                Socket::Tcp(socket) => {
+                    tracker.spawn(proxy::tcp::serve(socket, ctx, shutdown.clone(), tracker.clone()));
+                }
+                Socket::Udp(socket) => {
+                    tracker.spawn(proxy::udp::serve(socket, ctx, shutdown.clone()));
+                }
+            }
         }
         if let (Some(socket), Some(addr)) = (admin, metrics_addr) {
             let admin = Arc::new(admin::Admin {
@@ -195,8 +222,17 @@ async fn upkeep(metrics: Arc<Metrics>, shutdown: CancellationToken) {
     }
 }
 
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket2::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    // Room for bursts (statsd flushes); the kernel caps it at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    let socket = Socket2::new(Domain::for_address(addr), Type::STREAM, None)?;
     // Restarting must not fail on the old process's TIME_WAIT connections.
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;

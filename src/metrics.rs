@@ -22,6 +22,7 @@ pub const BYTES_TOTAL: &str = "sluice_bytes_total";
 pub const DISCOVERY_LOOKUPS_TOTAL: &str = "sluice_discovery_lookups_total";
 pub const DISCOVERY_LAST_SUCCESS: &str = "sluice_discovery_last_success_timestamp_seconds";
 pub const CONNECTION_DURATION: &str = "sluice_connection_duration_seconds";
+pub const UDP_FLOWS_ACTIVE: &str = "sluice_udp_flows_active";
 pub const BUILD_INFO: &str = "sluice_build_info";
 
 pub const LABEL_LISTENER: &str = "listener";
@@ -35,7 +36,10 @@ pub const LABEL_STATE: &str = "state";
 const DURATION_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0];
 
 const DESCRIPTIONS: &[(&str, &str)] = &[
-    (LISTENER_CONNECTIONS_TOTAL, "Client connections accepted."),
+    (
+        LISTENER_CONNECTIONS_TOTAL,
+        "Client connections accepted (UDP: flows opened).",
+    ),
     (BYTES_TOTAL, "Bytes forwarded, by direction."),
     (
         DISCOVERY_LOOKUPS_TOTAL,

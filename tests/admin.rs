@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{FakeDns, Sluice, backend_port, echo_backends, http_get};
+use common::{FakeDns, Sluice, backend_port, echo_backends, http_get, sample};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -15,13 +15,6 @@ fn config(dns: &FakeDns, extra: &str) -> String {
          [listeners.redis]\nbind = \"127.0.0.1:0\"\nservice = \"redis\"\n{extra}\n",
         dns.addr
     )
-}
-
-/// The value of the series `name{labels}` in a Prometheus exposition.
-fn sample(exposition: &str, series: &str) -> Option<f64> {
-    exposition
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test(start_paused = true)]

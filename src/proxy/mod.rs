@@ -5,10 +5,11 @@
 //! `shutdown(Write)` on the other while the reverse direction keeps going.
 
 pub mod tcp;
+pub mod udp;
 
 use std::io;
-use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use metrics::Counter;
@@ -16,7 +17,43 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 
+use tokio_util::sync::CancellationToken;
+
+use crate::balancer::{Member, Upstream};
+use crate::config::Listener;
 use crate::metrics::ListenerMetrics;
+
+/// What a listener's tasks share.
+pub struct Context {
+    pub config: Listener,
+    /// The address really bound (`config.bind` may ask for port 0).
+    pub local_addr: SocketAddr,
+    pub upstream: Upstream,
+    pub metrics: ListenerMetrics,
+    /// Client connections (TCP) or flows (UDP) open now.
+    pub active: AtomicUsize,
+    /// Cancelled when the shutdown grace is over: open connections close.
+    pub hard_stop: CancellationToken,
+}
+
+/// A backend in use by one connection or flow: counted in its `total` once
+/// and in its `active` for as long as the lease lives.
+#[derive(Debug)]
+pub struct Lease(Member);
+
+impl Lease {
+    pub fn new(member: &Member) -> Lease {
+        member.stats.total.fetch_add(1, Relaxed);
+        member.stats.active.fetch_add(1, Relaxed);
+        Lease(member.clone())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.stats.active.fetch_sub(1, Relaxed);
+    }
+}
 
 /// Bytes moved per read; the same as HAProxy's default buffer.
 const CHUNK: usize = 16 * 1024;

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -14,28 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::{End, forward};
-use crate::balancer::{Member, Upstream};
-use crate::config::Listener;
-use crate::metrics::ListenerMetrics;
+use super::{Context, End, Lease, forward};
+use crate::balancer::Member;
 
 /// Distinct backends tried for one client before giving up.
 const MAX_ATTEMPTS: usize = 3;
 /// Pause after a failed accept (EMFILE, ENFILE, ...) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// What a listener's tasks share.
-pub struct Context {
-    pub config: Listener,
-    /// The address really bound (`config.bind` may ask for port 0).
-    pub local_addr: SocketAddr,
-    pub upstream: Upstream,
-    pub metrics: ListenerMetrics,
-    /// Client connections open now.
-    pub active: AtomicUsize,
-    /// Cancelled when the shutdown grace is over: open connections close.
-    pub hard_stop: CancellationToken,
-}
 
 /// Accepts until `shutdown`, at most `max_connections` open at once (later
 /// clients wait in the kernel's backlog). Accept errors never end the loop.
@@ -102,10 +87,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
     let Some((backend, member)) = connect(ctx, &pool, peer).await else {
         return;
     };
-    let stats = &member.stats;
-    stats.total.fetch_add(1, Relaxed);
-    stats.active.fetch_add(1, Relaxed);
-    let _active = ActiveGuard(member.clone());
+    let _lease = Lease::new(&member);
     let _ = backend.set_nodelay(true);
     let started = Instant::now();
     let transfer = forward(&client, &backend, config.idle_timeout, &ctx.metrics).await;
@@ -122,15 +104,6 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
         info!(target: "sluice::access", listener = %name, client = %peer, %backend, up, down, ?duration, ended = %ended);
     } else {
         debug!(listener = name, client = %peer, %backend, up, down, ?duration, ended, "connection ended");
-    }
-}
-
-/// Decrements the backend's active count however the connection ends.
-struct ActiveGuard(Member);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.stats.active.fetch_sub(1, Relaxed);
     }
 }
 

@@ -339,3 +339,42 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
         body.to_string(),
     )
 }
+
+/// A UDP backend on 127.0.0.1:0: answers `who` with its port, echoes anything
+/// else, and counts what it received.
+pub struct UdpEcho {
+    pub addr: SocketAddr,
+    pub received: Arc<AtomicUsize>,
+}
+
+impl UdpEcho {
+    pub async fn start() -> UdpEcho {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let received = Arc::new(AtomicUsize::new(0));
+        let count = received.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0; 65536];
+            loop {
+                let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                    continue;
+                };
+                count.fetch_add(1, Relaxed);
+                let reply = if &buf[..n] == b"who" {
+                    addr.port().to_string().into_bytes()
+                } else {
+                    buf[..n].to_vec()
+                };
+                let _ = socket.send_to(&reply, from).await;
+            }
+        });
+        UdpEcho { addr, received }
+    }
+}
+
+/// The value of the series `series` (name and labels) in a Prometheus exposition.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

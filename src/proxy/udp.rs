@@ -1,0 +1,366 @@
+//! UDP proxying. With replies on (the default), a datagram from a new client
+//! address opens a *flow*: a socket connected to one backend, so replies are
+//! matched by the kernel without parsing, and a task that sends them back to
+//! the client from the listener's address. Flows expire after
+//! `udp_idle_timeout` without traffic either way; at `max_flows` the least
+//! recently used one is evicted. A backend that answers with ICMP port
+//! unreachable (ECONNREFUSED on the connected socket) ends its flow, and the
+//! client's next datagram picks another backend.
+//!
+//! With `udp_replies = false` (statsd-like traffic) there are no flows:
+//! each datagram goes to the next backend the balancer picks.
+//!
+//! Datagrams are never queued: when a socket buffer is full the datagram is
+//! dropped, as the network would.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use lru::LruCache;
+use socket2::SockRef;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{Context, Lease};
+
+/// Larger than any UDP payload (65507 over IPv4).
+const MAX_DATAGRAM: usize = 65_536;
+
+thread_local! {
+    /// One reply buffer per worker thread, used without an await in between.
+    static REPLY_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_DATAGRAM].into_boxed_slice());
+}
+
+/// Why a flow's reply task ended on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlowEnd {
+    Idle,
+    /// The backend's port is closed (ICMP port unreachable).
+    Refused,
+}
+
+/// A flow as the receive loop owns it. Dropping it stops its reply task.
+struct Flow {
+    id: u64,
+    upstream: Arc<UdpSocket>,
+    backend: SocketAddr,
+    clock: Arc<Clock>,
+    replies: AbortHandle,
+    _lease: Lease,
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        self.replies.abort();
+    }
+}
+
+/// Last activity of a flow in either direction, as ms since `start`.
+struct Clock {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    fn deadline(&self, idle: std::time::Duration) -> Instant {
+        self.start + std::time::Duration::from_millis(self.last_ms.load(Relaxed)) + idle
+    }
+}
+
+/// Receives on `socket` until `shutdown`, forwarding each datagram.
+pub async fn serve(socket: UdpSocket, ctx: Arc<Context>, shutdown: CancellationToken) {
+    let socket = Arc::new(socket);
+    if ctx.config.udp.replies {
+        Flows::new(socket, ctx.clone()).run(shutdown).await;
+    } else {
+        spread(&socket, &ctx, shutdown).await;
+    }
+    info!(listener = %ctx.config.name, "stopped receiving");
+}
+
+/// The flow table of one listener and what maintaining it needs.
+struct Flows {
+    socket: Arc<UdpSocket>,
+    ctx: Arc<Context>,
+    table: LruCache<SocketAddr, Flow>,
+    /// Backends that refused a client, avoided by its next flow.
+    refused: HashMap<SocketAddr, SocketAddr>,
+    ended_tx: mpsc::UnboundedSender<(SocketAddr, u64, FlowEnd)>,
+    ended_rx: mpsc::UnboundedReceiver<(SocketAddr, u64, FlowEnd)>,
+    next_id: u64,
+}
+
+impl Flows {
+    fn new(socket: Arc<UdpSocket>, ctx: Arc<Context>) -> Flows {
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+        Flows {
+            socket,
+            ctx,
+            table: LruCache::unbounded(),
+            refused: HashMap::new(),
+            ended_tx,
+            ended_rx,
+            next_id: 0,
+        }
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut buf = vec![0; MAX_DATAGRAM];
+        let mut recv_failing = false;
+        loop {
+            tokio::select! {
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((n, client)) => {
+                        recv_failing = false;
+                        self.forward(client, &buf[..n]).await;
+                    }
+                    Err(e) => {
+                        if !recv_failing {
+                            warn!(listener = %self.ctx.config.name, error = %e, "receive failed");
+                            recv_failing = true;
+                        }
+                    }
+                },
+                Some((client, id, end)) = self.ended_rx.recv() => self.ended(client, id, end),
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.table.clear();
+        self.ctx.active.store(0, Relaxed);
+    }
+
+    fn ended(&mut self, client: SocketAddr, id: u64, end: FlowEnd) {
+        // The flow may already be gone (evicted) or replaced by a newer one.
+        if self.table.peek(&client).is_some_and(|f| f.id == id) {
+            if let Some(flow) = self.table.pop(&client) {
+                self.close(client, flow, end);
+            }
+        }
+    }
+
+    fn close(&mut self, client: SocketAddr, flow: Flow, end: FlowEnd) {
+        self.ctx.active.fetch_sub(1, Relaxed);
+        if end == FlowEnd::Refused {
+            debug!(listener = %self.ctx.config.name, %client, backend = %flow.backend, "backend refused, flow closed");
+            if self.refused.len() >= self.ctx.config.udp.max_flows {
+                self.refused.clear();
+            }
+            self.refused.insert(client, flow.backend);
+        }
+    }
+
+    /// Sends one client datagram through the client's flow, opening one if needed.
+    async fn forward(&mut self, client: SocketAddr, data: &[u8]) {
+        // One retry: a refusal seen on send opens a flow to another backend.
+        for _ in 0..2 {
+            if !self.table.contains(&client) && !self.open(client).await {
+                return;
+            }
+            let Some(flow) = self.table.get(&client) else {
+                return;
+            };
+            match send_now(&flow.upstream, data, None) {
+                Ok(_) => {
+                    flow.clock.touch();
+                    self.ctx.metrics.bytes_up.increment(data.len() as u64);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    if let Some(flow) = self.table.pop(&client) {
+                        self.close(client, flow, FlowEnd::Refused);
+                    }
+                }
+                // A full socket buffer drops the datagram, as a router would.
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Opens a flow for `client`; false when there is no backend to use.
+    async fn open(&mut self, client: SocketAddr) -> bool {
+        let ctx = self.ctx.clone();
+        // Before the first discovery answer this waits (datagrams queue in the
+        // kernel meanwhile), as a TCP connection does; later it never waits.
+        let Some(pool) = ctx.upstream.pool(ctx.config.connect_timeout).await else {
+            debug!(listener = %ctx.config.name, %client, "no discovery answer yet, datagram dropped");
+            return false;
+        };
+        let avoid: Vec<SocketAddr> = self.refused.remove(&client).into_iter().collect();
+        let member = match ctx.upstream.balancer.pick(&pool, client.ip(), &avoid) {
+            Some(m) => m.clone(),
+            // Only the refusing backend is left: better it than nothing.
+            None => match ctx.upstream.balancer.pick(&pool, client.ip(), &[]) {
+                Some(m) => m.clone(),
+                None => {
+                    debug!(listener = %ctx.config.name, %client, "no backends, datagram dropped");
+                    return false;
+                }
+            },
+        };
+        let upstream = match connected_socket(member.addr()).await {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                member.stats.connect_failures.fetch_add(1, Relaxed);
+                warn!(listener = %ctx.config.name, backend = %member.addr(), error = %e, "cannot open a UDP socket");
+                return false;
+            }
+        };
+        if self.table.len() >= ctx.config.udp.max_flows {
+            if let Some((old_client, old)) = self.table.pop_lru() {
+                self.close(old_client, old, FlowEnd::Idle);
+            }
+        }
+        self.next_id += 1;
+        let clock = Arc::new(Clock::new());
+        let replies = tokio::spawn(replies(
+            self.next_id,
+            client,
+            upstream.clone(),
+            self.socket.clone(),
+            clock.clone(),
+            ctx.clone(),
+            self.ended_tx.clone(),
+        ));
+        ctx.metrics.connections.increment(1);
+        ctx.active.fetch_add(1, Relaxed);
+        let flow = Flow {
+            id: self.next_id,
+            upstream,
+            backend: member.addr(),
+            clock,
+            replies: replies.abort_handle(),
+            _lease: Lease::new(&member),
+        };
+        self.table.put(client, flow);
+        true
+    }
+}
+
+/// One non-blocking send, straight to the kernel. tokio's `try_send` would
+/// refuse a socket whose writability the reactor has not reported yet (every
+/// new flow's first datagram); a full buffer still fails with `WouldBlock`.
+fn send_now(socket: &UdpSocket, data: &[u8], to: Option<SocketAddr>) -> io::Result<usize> {
+    let socket = SockRef::from(socket);
+    match to {
+        Some(addr) => socket.send_to(data, &addr.into()),
+        None => socket.send(data),
+    }
+}
+
+/// A UDP socket connected to `backend`, so only its datagrams arrive.
+async fn connected_socket(backend: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = match backend {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(backend).await?;
+    Ok(socket)
+}
+
+/// Sends a flow's replies back to its client until the flow is idle or refused.
+async fn replies(
+    id: u64,
+    client: SocketAddr,
+    upstream: Arc<UdpSocket>,
+    listener: Arc<UdpSocket>,
+    clock: Arc<Clock>,
+    ctx: Arc<Context>,
+    ended: mpsc::UnboundedSender<(SocketAddr, u64, FlowEnd)>,
+) {
+    let idle = ctx.config.udp.idle_timeout;
+    let end = loop {
+        let deadline = clock.deadline(idle);
+        tokio::select! {
+            readable = upstream.readable() => {
+                if readable.is_err() {
+                    break FlowEnd::Idle;
+                }
+                let relayed = REPLY_BUFFER.with_borrow_mut(|buf| {
+                    let n = upstream.try_recv(buf)?;
+                    // A full listener buffer drops the reply, as a router would.
+                    let _ = send_now(&listener, &buf[..n], Some(client));
+                    Ok::<usize, io::Error>(n)
+                });
+                match relayed {
+                    Ok(n) => {
+                        clock.touch();
+                        ctx.metrics.bytes_down.increment(n as u64);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break FlowEnd::Refused,
+                    Err(e) => debug!(listener = %ctx.config.name, %client, error = %e, "reply lost"),
+                }
+            }
+            _ = sleep_until(deadline) => {
+                if clock.deadline(idle) <= Instant::now() {
+                    break FlowEnd::Idle;
+                }
+            }
+        }
+    };
+    let _ = ended.send((client, id, end));
+}
+
+/// Fire-and-forget: every datagram to the next backend, no state per client.
+async fn spread(socket: &UdpSocket, ctx: &Context, shutdown: CancellationToken) {
+    let mut buf = vec![0; MAX_DATAGRAM];
+    // One unconnected sending socket per address family, made on first use.
+    let mut senders: [Option<UdpSocket>; 2] = [None, None];
+    loop {
+        let (n, client) = tokio::select! {
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(received) => received,
+                Err(_) => continue,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let Some(pool) = ctx.upstream.pool(ctx.config.connect_timeout).await else {
+            continue;
+        };
+        let Some(member) = ctx.upstream.balancer.pick(&pool, client.ip(), &[]) else {
+            continue;
+        };
+        let family = usize::from(member.addr().is_ipv6());
+        if senders[family].is_none() {
+            let local: SocketAddr = if family == 1 {
+                (Ipv6Addr::UNSPECIFIED, 0).into()
+            } else {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            };
+            match UdpSocket::bind(local).await {
+                Ok(s) => senders[family] = Some(s),
+                Err(e) => {
+                    warn!(listener = %ctx.config.name, error = %e, "cannot open a UDP socket");
+                    continue;
+                }
+            }
+        }
+        if let Some(sender) = &senders[family] {
+            if send_now(sender, &buf[..n], Some(member.addr())).is_ok() {
+                member.stats.total.fetch_add(1, Relaxed);
+                ctx.metrics.bytes_up.increment(n as u64);
+            }
+        }
+    }
+}

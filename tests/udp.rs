@@ -1,0 +1,231 @@
+//! UDP listeners in-process: flows are sticky and spread, expire, are evicted
+//! at `max_flows`, survive backend removal, move off a refusing backend, and
+//! carry any datagram size unchanged.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::{FakeDns, Sluice, UdpEcho, http_get, sample};
+use tokio::net::UdpSocket;
+use tokio::time::{sleep, timeout};
+
+const REPLY_WAIT: Duration = Duration::from_millis(500);
+
+fn udp_config(dns: &FakeDns, extra: &str) -> String {
+    format!(
+        "dns = \"{}\"\nrefresh = \"1s\"\nmetrics = \"127.0.0.1:0\"\n\
+         [listeners.dns]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\nservice = \"dns\"\n{extra}\n",
+        dns.addr
+    )
+}
+
+async fn client() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// Sends `payload` through `sluice` and returns the reply, if one comes.
+async fn ask(socket: &UdpSocket, sluice: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    socket.send_to(payload, sluice).await.unwrap();
+    let mut buf = vec![0; 65536];
+    let (n, from) = timeout(REPLY_WAIT, socket.recv_from(&mut buf))
+        .await
+        .ok()?
+        .unwrap();
+    assert_eq!(from, sluice, "replies come from the listener's address");
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// The port of the backend a `who` through `sluice` reaches.
+async fn who(socket: &UdpSocket, sluice: SocketAddr) -> u16 {
+    let reply = ask(socket, sluice, b"who").await.expect("no reply");
+    String::from_utf8(reply).unwrap().parse().unwrap()
+}
+
+async fn metric(sluice: &Sluice, series: &str) -> f64 {
+    let (_, text) = http_get(sluice.metrics.unwrap(), "/metrics").await;
+    sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+const FLOWS: &str = "sluice_udp_flows_active{listener=\"dns\"}";
+const FLOWS_OPENED: &str = "sluice_listener_connections_total{listener=\"dns\"}";
+
+#[tokio::test]
+async fn flows_are_sticky_and_spread_over_backends() {
+    let dns = FakeDns::start().await;
+    let (a, b) = (UdpEcho::start().await, UdpEcho::start().await);
+    dns.set_backends("dns", &[a.addr, b.addr]);
+    let sluice = Sluice::start(&udp_config(&dns, "")).await;
+    let (first, second) = (client().await, client().await);
+    let port = who(&first, sluice.addr()).await;
+    for _ in 0..5 {
+        assert_eq!(
+            who(&first, sluice.addr()).await,
+            port,
+            "a flow stays on its backend"
+        );
+    }
+    let other = who(&second, sluice.addr()).await;
+    assert_ne!(port, other, "round-robin puts the next flow on the other backend");
+    assert_eq!(metric(&sluice, FLOWS).await, 2.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_flows_expire() {
+    let dns = FakeDns::start().await;
+    let (a, b) = (UdpEcho::start().await, UdpEcho::start().await);
+    dns.set_backends("dns", &[a.addr, b.addr]);
+    let sluice = Sluice::start(&udp_config(&dns, "udp_idle_timeout = \"5s\"")).await;
+    let socket = client().await;
+    let port = who(&socket, sluice.addr()).await;
+    sleep(Duration::from_secs(3)).await;
+    assert_eq!(who(&socket, sluice.addr()).await, port);
+    assert_eq!(metric(&sluice, FLOWS).await, 1.0);
+    sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        metric(&sluice, FLOWS).await,
+        0.0,
+        "flow idle for 6s of 5s still tracked"
+    );
+    assert_ne!(
+        who(&socket, sluice.addr()).await,
+        port,
+        "a new flow takes the next backend"
+    );
+}
+
+#[tokio::test]
+async fn least_recently_used_flow_is_evicted_at_max_flows() {
+    let dns = FakeDns::start().await;
+    let a = UdpEcho::start().await;
+    dns.set_backends("dns", &[a.addr]);
+    let sluice = Sluice::start(&udp_config(&dns, "max_flows = 2")).await;
+    let clients = [client().await, client().await, client().await];
+    for c in &clients {
+        who(c, sluice.addr()).await;
+    }
+    assert_eq!(metric(&sluice, FLOWS).await, 2.0);
+    assert_eq!(metric(&sluice, FLOWS_OPENED).await, 3.0);
+    // The newest flow is still there; the oldest was evicted and reopens.
+    who(&clients[2], sluice.addr()).await;
+    assert_eq!(metric(&sluice, FLOWS_OPENED).await, 3.0);
+    who(&clients[0], sluice.addr()).await;
+    assert_eq!(metric(&sluice, FLOWS_OPENED).await, 4.0);
+    assert_eq!(metric(&sluice, FLOWS).await, 2.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn removed_backend_keeps_its_flows_and_gets_no_new_ones() {
+    let dns = FakeDns::start().await;
+    let (a, b) = (UdpEcho::start().await, UdpEcho::start().await);
+    dns.set_backends("dns", &[a.addr, b.addr]);
+    let sluice = Sluice::start(&udp_config(&dns, "")).await;
+    let old = client().await;
+    let port = who(&old, sluice.addr()).await;
+    let remaining = if port == a.addr.port() { b.addr } else { a.addr };
+    dns.set_backends("dns", &[remaining]);
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        who(&old, sluice.addr()).await,
+        port,
+        "existing flow kept its backend"
+    );
+    for _ in 0..3 {
+        assert_eq!(who(&client().await, sluice.addr()).await, remaining.port());
+    }
+}
+
+#[tokio::test]
+async fn refused_backend_moves_the_flow_to_another() {
+    let dns = FakeDns::start().await;
+    let live = UdpEcho::start().await;
+    let dead = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    dns.set_backends("dns", &[dead, live.addr]);
+    let sluice = Sluice::start(&udp_config(&dns, "")).await;
+    // Whichever backend each new flow starts on, a client gets answers from
+    // the live one after at most one lost datagram.
+    for _ in 0..4 {
+        let socket = client().await;
+        let mut tries = 0;
+        let reply = loop {
+            tries += 1;
+            if let Some(reply) = ask(&socket, sluice.addr(), b"who").await {
+                break reply;
+            }
+            assert!(tries < 3, "still no answer after {tries} datagrams");
+        };
+        assert_eq!(reply, live.addr.port().to_string().into_bytes());
+    }
+}
+
+#[tokio::test]
+async fn largest_and_empty_datagrams_pass_unchanged() {
+    let dns = FakeDns::start().await;
+    let a = UdpEcho::start().await;
+    dns.set_backends("dns", &[a.addr]);
+    let sluice = Sluice::start(&udp_config(&dns, "")).await;
+    let socket = client().await;
+    let big: Vec<u8> = (0..65507u32).map(|i| (i % 253) as u8).collect();
+    assert_eq!(ask(&socket, sluice.addr(), &big).await.expect("no reply"), big);
+    assert_eq!(ask(&socket, sluice.addr(), b"").await.expect("no reply"), b"");
+}
+
+#[tokio::test]
+async fn fire_and_forget_spreads_datagrams_without_flows() {
+    let dns = FakeDns::start().await;
+    let (a, b) = (UdpEcho::start().await, UdpEcho::start().await);
+    dns.set_backends("dns", &[a.addr, b.addr]);
+    let sluice = Sluice::start(&udp_config(&dns, "udp_replies = false")).await;
+    let socket = client().await;
+    for i in 0..10 {
+        socket
+            .send_to(format!("stat.{i}:1|c").as_bytes(), sluice.addr())
+            .await
+            .unwrap();
+    }
+    for _ in 0..100 {
+        if a.received.load(Relaxed) + b.received.load(Relaxed) == 10 {
+            break;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((a.received.load(Relaxed), b.received.load(Relaxed)), (5, 5));
+    assert_eq!(metric(&sluice, FLOWS).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_sources_keeps_the_table_at_max_flows() {
+    const SOURCES: u32 = 100_000;
+    let dns = FakeDns::start().await;
+    let a = UdpEcho::start().await;
+    dns.set_backends("dns", &[a.addr]);
+    let sluice = Sluice::start(&udp_config(&dns, "max_flows = 1000")).await;
+    let target = sluice.addr();
+    // Every datagram from its own source (127.1.x.y), each waiting for its reply.
+    let answered = tokio::task::spawn_blocking(move || {
+        let mut answered = 0;
+        let mut buf = [0u8; 16];
+        for i in 0..SOURCES {
+            let ip = Ipv4Addr::from(0x7f01_0000 + i);
+            let socket = std::net::UdpSocket::bind((ip, 0)).unwrap();
+            socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            socket.send_to(b"x", target).unwrap();
+            if socket.recv(&mut buf).is_ok() {
+                answered += 1;
+            }
+        }
+        answered
+    })
+    .await
+    .unwrap();
+    assert_eq!(answered, SOURCES);
+    assert_eq!(metric(&sluice, FLOWS).await, 1000.0);
+    assert_eq!(metric(&sluice, FLOWS_OPENED).await, f64::from(SOURCES));
+}
