@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
@@ -29,12 +30,17 @@ use crate::proxy::Context;
 /// Seconds between refreshes of the HTML page.
 const PAGE_REFRESH_SECONDS: u32 = 2;
 
-/// What the endpoint reads from.
+/// What the endpoint reads from; the server publishes a new view on reload.
 pub struct Admin {
-    pub started: Instant,
-    pub metrics: Arc<Metrics>,
-    pub listeners: Vec<Arc<Context>>,
-    pub queries: Vec<Arc<QueryState>>,
+    started: Instant,
+    metrics: Arc<Metrics>,
+    view: ArcSwap<View>,
+}
+
+#[derive(Default)]
+struct View {
+    listeners: Vec<Arc<Context>>,
+    queries: Vec<Arc<QueryState>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,8 +91,21 @@ fn unix(time: SystemTime) -> f64 {
 }
 
 impl Admin {
+    pub fn new(metrics: Arc<Metrics>) -> Admin {
+        Admin {
+            started: Instant::now(),
+            metrics,
+            view: ArcSwap::default(),
+        }
+    }
+
+    pub fn publish(&self, listeners: Vec<Arc<Context>>, queries: Vec<Arc<QueryState>>) {
+        self.view.store(Arc::new(View { listeners, queries }));
+    }
+
     pub fn status(&self) -> Status {
-        let listeners = self
+        let view = self.view.load();
+        let listeners = view
             .listeners
             .iter()
             .map(|ctx| {
@@ -99,7 +118,7 @@ impl Admin {
                         address: m.addr().to_string(),
                         priority: m.backend.priority,
                         weight: m.backend.weight,
-                        healthy: true,
+                        healthy: m.available(),
                         active_connections: m.stats.active.load(Relaxed),
                         total_connections: m.stats.total.load(Relaxed),
                         connect_failures: m.stats.connect_failures.load(Relaxed),
@@ -120,7 +139,7 @@ impl Admin {
                 }
             })
             .collect();
-        let queries = self
+        let queries = view
             .queries
             .iter()
             .map(|q| {

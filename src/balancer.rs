@@ -13,8 +13,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Balance;
+use crate::config::{Balance, HealthCheck};
 use crate::discovery::{Backend, BackendSet, Snapshot};
+use crate::health::{Checks, Ejection, Health};
 
 /// Maglev lookup table size: a prime well above any backend count.
 const MAGLEV_TABLE_SIZE: usize = 65_537;
@@ -27,6 +28,9 @@ pub struct BackendStats {
     /// Connections established since the backend appeared.
     pub total: AtomicU64,
     pub connect_failures: AtomicU64,
+    pub ejection: Ejection,
+    /// Cancelled when the backend leaves the set: its connections start draining.
+    pub removed: CancellationToken,
 }
 
 /// A backend as one listener sees it.
@@ -34,11 +38,18 @@ pub struct BackendStats {
 pub struct Member {
     pub backend: Backend,
     pub stats: Arc<BackendStats>,
+    /// The active check's verdict, when the listener has one.
+    pub health: Option<Arc<Health>>,
 }
 
 impl Member {
     pub fn addr(&self) -> SocketAddr {
         self.backend.addr
+    }
+
+    /// Neither failing its health check nor ejected for connect failures.
+    pub fn available(&self) -> bool {
+        self.health.as_ref().is_none_or(|h| h.is_up()) && !self.stats.ejection.is_ejected()
     }
 
     fn weight(&self) -> u64 {
@@ -105,8 +116,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Builds the pool for `set`, keeping counters of backends `previous` had.
-    pub fn build(set: &BackendSet, previous: Option<&Pool>, balance: Balance) -> Pool {
+    /// Builds the pool for `set`, keeping counters of backends `previous` had;
+    /// with `checks`, each backend gets its (shared) active check.
+    pub fn build(
+        set: &BackendSet,
+        previous: Option<&Pool>,
+        balance: Balance,
+        checks: Option<(&Checks, &HealthCheck)>,
+    ) -> Pool {
         let stats_of = |addr: SocketAddr| {
             previous
                 .and_then(|p| p.members().find(|m| m.addr() == addr))
@@ -119,6 +136,7 @@ impl Pool {
                 .map(|b| Member {
                     backend: *b,
                     stats: stats_of(b.addr),
+                    health: checks.map(|(checks, check)| checks.health(b.addr, check)),
                 })
                 .collect();
             groups.push(Group::new(members, balance));
@@ -150,21 +168,27 @@ impl Balancer {
         }
     }
 
-    /// A backend for `client`, skipping those in `tried`; the preferred
-    /// priority group first, the next one only when all of it was tried.
+    /// A backend for `client`, skipping those in `tried`: an available one
+    /// from the preferred priority group, else from the next group; when no
+    /// backend at all is available, any untried one (better than refusing).
     pub fn pick<'a>(&self, pool: &'a Pool, client: IpAddr, tried: &[SocketAddr]) -> Option<&'a Member> {
-        pool.groups.iter().find_map(|g| self.pick_in(g, client, tried))
+        let untried = |m: &Member| !tried.contains(&m.addr());
+        let groups = || pool.groups.iter();
+        groups()
+            .find_map(|g| self.pick_in(g, client, &|m| untried(m) && m.available()))
+            .or_else(|| groups().find_map(|g| self.pick_in(g, client, &untried)))
     }
 
-    fn pick_in<'a>(&self, group: &'a Group, client: IpAddr, tried: &[SocketAddr]) -> Option<&'a Member> {
+    fn pick_in<'a>(
+        &self,
+        group: &'a Group,
+        client: IpAddr,
+        usable: &dyn Fn(&Member) -> bool,
+    ) -> Option<&'a Member> {
         let members = &group.members;
         let n = members.len();
-        // The first untried member at or after `start`.
-        let usable_from = |start: usize| {
-            (0..n)
-                .map(|i| (start + i) % n)
-                .find(|&i| !tried.contains(&members[i].addr()))
-        };
+        // The first usable member at or after `start`.
+        let usable_from = |start: usize| (0..n).map(|i| (start + i) % n).find(|&i| usable(&members[i]));
         let chosen = match self.balance {
             Balance::RoundRobin => {
                 let turn = self.next.fetch_add(1, Relaxed) as u64;
@@ -177,7 +201,7 @@ impl Balancer {
                 let first = usable_from(start)?;
                 (0..n)
                     .map(|i| (start + i) % n)
-                    .filter(|&i| !tried.contains(&members[i].addr()))
+                    .filter(|&i| usable(&members[i]))
                     .fold(first, |best, i| {
                         if members[i].lighter_than(&members[best]) {
                             i
@@ -274,11 +298,13 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Follows `discovery`, rebuilding the pool on each snapshot until `shutdown`.
+    /// Follows `discovery`, rebuilding the pool on each snapshot, for as long
+    /// as the upstream lives and the source runs.
+    /// Backends that leave the set have their `removed` token cancelled.
     pub fn follow(
         balance: Balance,
         mut discovery: watch::Receiver<Snapshot>,
-        shutdown: CancellationToken,
+        health: Option<(Arc<Checks>, HealthCheck)>,
     ) -> Upstream {
         let (tx, pools) = watch::channel(None::<Arc<Pool>>);
         tokio::spawn(async move {
@@ -286,11 +312,19 @@ impl Upstream {
                 let snapshot = discovery.borrow_and_update().clone();
                 if let Some(set) = snapshot {
                     let previous = tx.borrow().clone();
-                    tx.send_replace(Some(Arc::new(Pool::build(&set, previous.as_deref(), balance))));
+                    let checks = health.as_ref().map(|(checks, check)| (&**checks, check));
+                    let pool = Pool::build(&set, previous.as_deref(), balance, checks);
+                    for gone in previous.iter().flat_map(|p| p.members()) {
+                        if !pool.members().any(|m| Arc::ptr_eq(&m.stats, &gone.stats)) {
+                            gone.stats.removed.cancel();
+                        }
+                    }
+                    tx.send_replace(Some(Arc::new(pool)));
                 }
                 tokio::select! {
                     changed = discovery.changed() => if changed.is_err() { return },
-                    _ = shutdown.cancelled() => return,
+                    // Nobody holds this upstream any more.
+                    _ = tx.closed() => return,
                 }
             }
         });
@@ -355,6 +389,7 @@ mod tests {
             &set(&[("10.0.0.1:1", 1, 1), ("10.0.0.1:2", 1, 1), ("10.0.0.1:3", 1, 2)]),
             None,
             Balance::RoundRobin,
+            None,
         );
         assert_eq!(
             tally(Balance::RoundRobin, &pool, 400),
@@ -368,6 +403,7 @@ mod tests {
             &set(&[("10.0.0.1:1", 1, 1), ("10.0.0.1:2", 1, 3)]),
             None,
             Balance::Random,
+            None,
         );
         let counts = tally(Balance::Random, &pool, 4000);
         assert!((800..1200).contains(&counts[&1]), "{counts:?}");
@@ -381,6 +417,7 @@ mod tests {
             &set(&[("10.0.0.1:1", 1, 1), ("10.0.0.1:2", 1, 1), ("10.0.0.1:3", 1, 1)]),
             None,
             Balance::LeastConn,
+            None,
         );
         for (m, active) in pool.members().zip([5, 0, 2]) {
             m.stats.active.store(active, Relaxed);
@@ -397,6 +434,7 @@ mod tests {
             &set(&[("10.0.0.1:1", 1, 1), ("10.0.0.1:2", 1, 1)]),
             None,
             Balance::P2c,
+            None,
         );
         pool.members().next().unwrap().stats.active.store(10, Relaxed);
         // Only a draw of the busy one twice (1 in 4) picks it.
@@ -410,6 +448,7 @@ mod tests {
             &set(&[("10.0.0.1:1", 1, 1), ("10.0.0.1:2", 1, 1), ("10.0.0.9:9", 2, 1)]),
             None,
             Balance::RoundRobin,
+            None,
         );
         let balancer = Balancer::new(Balance::RoundRobin);
         let first: Vec<SocketAddr> = pool.members().take(2).map(Member::addr).collect();
@@ -428,7 +467,7 @@ mod tests {
     fn maglev_is_sticky_balanced_and_stable_under_change() {
         let specs: Vec<(String, u16, u16)> = (1..=5).map(|p| (format!("10.0.0.1:{p}"), 1, 1)).collect();
         let specs_ref: Vec<(&str, u16, u16)> = specs.iter().map(|(a, p, w)| (a.as_str(), *p, *w)).collect();
-        let pool = Pool::build(&set(&specs_ref), None, Balance::Maglev);
+        let pool = Pool::build(&set(&specs_ref), None, Balance::Maglev, None);
         let balancer = Balancer::new(Balance::Maglev);
         let before: Vec<u16> = (0..2000)
             .map(|i| balancer.pick(&pool, client(i), &[]).unwrap().addr().port())
@@ -441,7 +480,7 @@ mod tests {
         assert!(counts.values().all(|&c| (700..1300).contains(&c)), "{counts:?}");
 
         // Removing backend 5 moves only the clients that were on it (give or take).
-        let smaller = Pool::build(&set(&specs_ref[..4]), Some(&pool), Balance::Maglev);
+        let smaller = Pool::build(&set(&specs_ref[..4]), Some(&pool), Balance::Maglev, None);
         let after: Vec<u16> = (0..2000)
             .map(|i| balancer.pick(&smaller, client(i), &[]).unwrap().addr().port())
             .collect();
@@ -455,12 +494,13 @@ mod tests {
 
     #[test]
     fn counters_survive_a_rebuild() {
-        let first = Pool::build(&set(&[("10.0.0.1:1", 1, 1)]), None, Balance::RoundRobin);
+        let first = Pool::build(&set(&[("10.0.0.1:1", 1, 1)]), None, Balance::RoundRobin, None);
         first.members().next().unwrap().stats.total.store(7, Relaxed);
         let second = Pool::build(
             &set(&[("10.0.0.1:1", 1, 1), ("10.0.0.1:2", 1, 1)]),
             Some(&first),
             Balance::RoundRobin,
+            None,
         );
         let totals: Vec<u64> = second.members().map(|m| m.stats.total.load(Relaxed)).collect();
         assert_eq!(totals, [7, 0]);

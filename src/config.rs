@@ -10,8 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::ops::Deref;
-use std::ops::Range;
+use std::ops::{Deref, Range, RangeInclusive};
 use std::path::Path;
 use std::time::Duration;
 
@@ -29,6 +28,13 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_FLOWS: usize = 65_536;
+const DEFAULT_EJECT_AFTER: usize = 3;
+const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_RISE: usize = 2;
+const DEFAULT_FALL: usize = 3;
+/// Upper bound for `rise`, `fall` and `eject_after`.
+const MAX_CHECK_COUNT: usize = 1000;
 /// NXDOMAIN / empty answers are applied after this many refresh intervals.
 const EMPTY_GRACE_REFRESHES: u32 = 3;
 
@@ -63,6 +69,30 @@ pub struct Listener {
     /// Log one line per closed connection.
     pub access_log: bool,
     pub udp: UdpSettings,
+    /// Active health checks, if configured.
+    pub health: Option<HealthCheck>,
+    /// Consecutive connect failures that eject a backend for a while (0: never).
+    pub eject_after: u32,
+    /// How long connections to a removed backend (or of a removed listener)
+    /// may go on; `None`: until they end or go idle.
+    pub drain_timeout: Option<Duration>,
+    /// Bind with SO_REUSEPORT, so a new sluice can take over the port.
+    pub reuse_port: bool,
+}
+
+/// `[listeners.NAME.health]`: an active check of every backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes that bring a down backend back.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+    /// Bytes to send after connecting (e.g. `"PING\r\n"`).
+    pub send: Option<String>,
+    /// Bytes the reply must contain (e.g. `"+PONG"`); connect-only without.
+    pub expect: Option<String>,
 }
 
 /// How a UDP listener tracks flows (ignored for TCP).
@@ -231,6 +261,21 @@ struct RawListener {
     udp_idle_timeout: Option<Dur>,
     max_flows: Option<Spanned<i64>>,
     udp_replies: Option<bool>,
+    health: Option<Spanned<RawHealth>>,
+    eject_after: Option<Spanned<i64>>,
+    drain_timeout: Option<Dur>,
+    reuse_port: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    interval: Option<Dur>,
+    timeout: Option<Dur>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+    send: Option<String>,
+    expect: Option<String>,
 }
 
 impl Config {
@@ -410,13 +455,43 @@ impl Validator<'_> {
         }
     }
 
-    /// A count between 1 and [`MAX_COUNT`].
-    fn count(&mut self, value: Option<&Spanned<i64>>, key: &str, default: usize) -> usize {
+    fn health(&mut self, raw: &RawHealth, key: &str) -> HealthCheck {
+        let tiny = Duration::from_millis(1);
+        let sub = |k: &str| format!("{key}.{k}");
+        let interval = self.duration(
+            raw.interval.as_ref(),
+            &sub("interval"),
+            tiny,
+            DEFAULT_CHECK_INTERVAL,
+        );
+        let timeout = self.duration(raw.timeout.as_ref(), &sub("timeout"), tiny, DEFAULT_CHECK_TIMEOUT);
+        let checks = 1..=MAX_CHECK_COUNT;
+        let rise = self.int(raw.rise.as_ref(), &sub("rise"), checks.clone(), DEFAULT_RISE) as u32;
+        let fall = self.int(raw.fall.as_ref(), &sub("fall"), checks, DEFAULT_FALL) as u32;
+        HealthCheck {
+            interval,
+            timeout,
+            rise,
+            fall,
+            send: raw.send.clone(),
+            expect: raw.expect.clone(),
+        }
+    }
+
+    /// A whole number within `range`.
+    fn int(
+        &mut self,
+        value: Option<&Spanned<i64>>,
+        key: &str,
+        range: RangeInclusive<usize>,
+        default: usize,
+    ) -> usize {
         let Some(value) = value else { return default };
         match usize::try_from(*value.get_ref()) {
-            Ok(n) if (1..=MAX_COUNT).contains(&n) => n,
+            Ok(n) if range.contains(&n) => n,
             _ => {
-                let message = format!("must be between 1 and {MAX_COUNT}, got {}", value.get_ref());
+                let (low, high) = (range.start(), range.end());
+                let message = format!("must be between {low} and {high}, got {}", value.get_ref());
                 self.problem_at(value, key, message);
                 default
             }
@@ -549,9 +624,10 @@ impl Validator<'_> {
             tiny,
             DEFAULT_IDLE_TIMEOUT,
         );
-        let max_connections = self.count(
+        let max_connections = self.int(
             raw.max_connections.as_ref(),
             &key("max_connections"),
+            1..=MAX_COUNT,
             DEFAULT_MAX_CONNECTIONS,
         );
         let udp = UdpSettings {
@@ -561,9 +637,28 @@ impl Validator<'_> {
                 tiny,
                 DEFAULT_UDP_IDLE_TIMEOUT,
             ),
-            max_flows: self.count(raw.max_flows.as_ref(), &key("max_flows"), DEFAULT_MAX_FLOWS),
+            max_flows: self.int(
+                raw.max_flows.as_ref(),
+                &key("max_flows"),
+                1..=MAX_COUNT,
+                DEFAULT_MAX_FLOWS,
+            ),
             replies: raw.udp_replies.unwrap_or(true),
         };
+        let health = raw
+            .health
+            .as_ref()
+            .map(|h| self.health(h.get_ref(), &key("health")));
+        let eject_after = self.int(
+            raw.eject_after.as_ref(),
+            &key("eject_after"),
+            0..=MAX_CHECK_COUNT,
+            DEFAULT_EJECT_AFTER,
+        ) as u32;
+        let drain_timeout = raw
+            .drain_timeout
+            .as_ref()
+            .map(|d| self.duration(Some(d), &key("drain_timeout"), Duration::ZERO, Duration::ZERO));
 
         if self.problems.len() > before {
             return None;
@@ -579,6 +674,10 @@ impl Validator<'_> {
             max_connections,
             access_log: raw.access_log.unwrap_or(false),
             udp,
+            health,
+            eject_after,
+            drain_timeout,
+            reuse_port: raw.reuse_port.unwrap_or(false),
         })
     }
 }
@@ -614,6 +713,10 @@ fn parse_shorthand(text: &str, defaults: &Defaults) -> Result<Listener, String> 
         max_connections: DEFAULT_MAX_CONNECTIONS,
         access_log: false,
         udp: UdpSettings::default(),
+        health: None,
+        eject_after: DEFAULT_EJECT_AFTER as u32,
+        drain_timeout: None,
+        reuse_port: false,
     })
 }
 

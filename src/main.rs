@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().init(),
     }
-    match serve(config) {
+    match serve(config, cli.config, overrides) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: {e:#}");
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,9 +85,30 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let server = sluice::Server::bind(config).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
+        tokio::spawn(reload_on_sighup(server.control(), file, overrides));
         server.run(shutdown).await;
         Ok(())
     })
+}
+
+/// On each SIGHUP, reads the configuration again and applies it; a file with
+/// problems changes nothing and the problems are logged with file and line.
+async fn reload_on_sighup(control: sluice::Control, file: Option<PathBuf>, overrides: Overrides) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload is off");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP received, reloading the configuration");
+        match Config::load(file.as_deref(), &overrides) {
+            Ok(config) => {
+                // The server logs the outcome either way.
+                let _ = control.reload(config).await;
+            }
+            Err(e) => tracing::error!("reload rejected, the running configuration stays:\n{e}"),
+        }
+    }
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.

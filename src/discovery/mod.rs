@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tracing::info;
 
 use crate::config::{BackendSource, Listener};
 use crate::metrics::{Metrics, QueryMetrics};
@@ -162,48 +162,116 @@ impl QueryState {
     }
 }
 
-/// The receivers for each listener (in order) and the state of each query.
-pub struct Started {
-    pub snapshots: Vec<watch::Receiver<Snapshot>>,
-    pub queries: Vec<Arc<QueryState>>,
+/// The running discovery tasks, one per distinct source, shared by every
+/// listener that uses it. Reload subscribes the new listeners and retires
+/// sources no listener uses any more.
+pub struct Registry {
+    dns: Option<DnsClient>,
+    metrics: Arc<Metrics>,
+    sources: HashMap<BackendSource, Source>,
+    shutdown: CancellationToken,
 }
 
-/// Starts one discovery task per distinct source among `listeners`.
-pub fn start(
-    listeners: &[Listener],
-    dns: Option<&DnsClient>,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-    tracker: &TaskTracker,
-) -> Started {
-    let mut by_source: HashMap<&BackendSource, watch::Receiver<Snapshot>> = HashMap::new();
-    let mut queries = Vec::new();
-    let snapshots = listeners
-        .iter()
-        .map(|listener| {
-            let source = &listener.backends;
-            by_source
-                .entry(source)
-                .or_insert_with(|| match (source, dns) {
-                    (BackendSource::Dns(query), Some(client)) => {
-                        let (tx, rx) = watch::channel(None);
-                        let state = Arc::new(QueryState::new(&query.name, metrics.query(&query.name)));
-                        queries.push(state.clone());
-                        let task = dns::watch(client.clone(), query.clone(), tx, state, shutdown.clone());
-                        tracker.spawn(task);
-                        rx
-                    }
-                    (BackendSource::Static(addrs), _) => static_snapshot(addrs),
-                    // Server::bind makes a client whenever a listener uses DNS.
-                    (BackendSource::Dns(_), None) => static_snapshot(&[]),
-                })
-                .clone()
-        })
-        .collect();
-    Started { snapshots, queries }
+struct Source {
+    snapshots: watch::Receiver<Snapshot>,
+    /// Stops the DNS task (static sources have none).
+    stop: CancellationToken,
+    query: Option<Arc<QueryState>>,
 }
 
-fn static_snapshot(addrs: &[SocketAddr]) -> watch::Receiver<Snapshot> {
+impl Registry {
+    pub fn new(dns: Option<DnsClient>, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Registry {
+        if let Some(dns) = &dns {
+            info!(server = %dns.server(), "discovering backends through DNS");
+        }
+        Registry {
+            dns,
+            metrics,
+            sources: HashMap::new(),
+            shutdown,
+        }
+    }
+
+    pub fn dns(&self) -> Option<&DnsClient> {
+        self.dns.as_ref()
+    }
+
+    /// Switches to another DNS server: every DNS source starts over.
+    pub fn set_dns(&mut self, dns: Option<DnsClient>) {
+        self.sources.retain(|source, running| match source {
+            BackendSource::Dns(_) => {
+                running.stop.cancel();
+                false
+            }
+            BackendSource::Static(_) => true,
+        });
+        if let Some(dns) = &dns {
+            info!(server = %dns.server(), "discovering backends through DNS");
+        }
+        self.dns = dns;
+    }
+
+    /// The snapshots of `source`, starting its task if none runs.
+    pub fn subscribe(&mut self, source: &BackendSource) -> watch::Receiver<Snapshot> {
+        if let Some(running) = self.sources.get(source) {
+            return running.snapshots.clone();
+        }
+        let stop = self.shutdown.child_token();
+        let running = match (source, &self.dns) {
+            (BackendSource::Dns(query), Some(client)) => {
+                let (tx, snapshots) = watch::channel(None);
+                let state = Arc::new(QueryState::new(&query.name, self.metrics.query(&query.name)));
+                tokio::spawn(dns::watch(
+                    client.clone(),
+                    query.clone(),
+                    tx,
+                    state.clone(),
+                    stop.clone(),
+                ));
+                Source {
+                    snapshots,
+                    stop,
+                    query: Some(state),
+                }
+            }
+            (BackendSource::Static(addrs), _) => Source {
+                snapshots: fixed(addrs),
+                stop,
+                query: None,
+            },
+            // Server::bind makes a client whenever a listener uses DNS.
+            (BackendSource::Dns(_), None) => Source {
+                snapshots: fixed(&[]),
+                stop,
+                query: None,
+            },
+        };
+        let snapshots = running.snapshots.clone();
+        self.sources.insert(source.clone(), running);
+        snapshots
+    }
+
+    /// Stops the sources that no listener in `listeners` uses.
+    pub fn retain(&mut self, listeners: &[Listener]) {
+        self.sources.retain(|source, running| {
+            let used = listeners.iter().any(|l| &l.backends == source);
+            if !used {
+                running.stop.cancel();
+            }
+            used
+        });
+    }
+
+    /// The state of every DNS query, for the status page.
+    pub fn queries(&self) -> Vec<Arc<QueryState>> {
+        let mut queries: Vec<_> = self.sources.values().filter_map(|s| s.query.clone()).collect();
+        queries.sort_by(|a, b| a.name.cmp(&b.name));
+        queries
+    }
+}
+
+/// A source that never changes.
+fn fixed(addrs: &[SocketAddr]) -> watch::Receiver<Snapshot> {
     let set = BackendSet::new(addrs.iter().copied().map(Backend::new).collect());
     // The sender may drop: receivers keep the last value.
     watch::channel(Some(Arc::new(set))).1

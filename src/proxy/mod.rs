@@ -9,7 +9,8 @@ pub mod udp;
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use metrics::Counter;
@@ -30,10 +31,30 @@ pub struct Context {
     pub local_addr: SocketAddr,
     pub upstream: Upstream,
     pub metrics: ListenerMetrics,
-    /// Client connections (TCP) or flows (UDP) open now.
-    pub active: AtomicUsize,
+    /// Client connections (TCP) or flows (UDP) open now, across reloads.
+    pub active: Arc<AtomicUsize>,
+    /// Cancelled when a reload removes the listener: its connections drain.
+    pub removed: CancellationToken,
+    /// Connections found no backend lately (so that is logged once).
+    pub failing: AtomicBool,
     /// Cancelled when the shutdown grace is over: open connections close.
     pub hard_stop: CancellationToken,
+}
+
+impl Context {
+    /// Resolves once the connection to `lease`'s backend must end: the
+    /// backend or this listener was removed and `drain_timeout` has passed.
+    pub async fn drained(&self, lease: &Lease) {
+        tokio::select! {
+            _ = lease.0.stats.removed.cancelled() => {}
+            _ = self.removed.cancelled() => {}
+        }
+        match self.config.drain_timeout {
+            Some(grace) => tokio::time::sleep(grace).await,
+            // Unlimited: the connection ends by itself or by idle timeout.
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// A backend in use by one connection or flow: counted in its `total` once
@@ -65,6 +86,8 @@ pub enum End {
     Closed,
     /// Nothing moved either way for `idle_timeout`.
     Idle,
+    /// Its backend or listener was removed and `drain_timeout` ran out.
+    Drained,
     /// A read or write failed (a reset, say); both sides were reset.
     Error(io::Error),
 }
@@ -97,12 +120,13 @@ impl Meter {
 }
 
 /// Forwards between `client` and `backend` until both directions have ended,
-/// one fails, or nothing moves for `idle`.
+/// one fails, nothing moves for `idle`, or `drained` resolves.
 pub async fn forward(
     client: &TcpStream,
     backend: &TcpStream,
     idle: Duration,
     metrics: &ListenerMetrics,
+    drained: impl Future<Output = ()>,
 ) -> Transfer {
     let meter = Meter {
         start: Instant::now(),
@@ -136,6 +160,7 @@ pub async fn forward(
             }
         },
         _ = idle_watch => End::Idle,
+        _ = drained => End::Drained,
     };
     Transfer {
         up: up.load(Relaxed),

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use arc_swap::ArcSwap;
+
 use super::{Context, End, Lease, forward};
 use crate::balancer::Member;
 
@@ -24,14 +26,18 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts until `shutdown`, at most `max_connections` open at once (later
 /// clients wait in the kernel's backlog). Accept errors never end the loop.
+///
+/// Each connection takes the context current when it arrives, so a reload
+/// changes new connections only; `limit` is resized by reload too.
 pub async fn serve(
     listener: TcpListener,
-    ctx: Arc<Context>,
-    shutdown: CancellationToken,
+    current: Arc<ArcSwap<Context>>,
+    limit: Arc<Semaphore>,
+    stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let name = ctx.config.name.as_str();
-    let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let name = current.load().config.name.clone();
+    let shutdown = stop;
     let mut accept_failing = false;
     loop {
         let permit = tokio::select! {
@@ -49,7 +55,7 @@ pub async fn serve(
                 }
                 Err(e) => {
                     if !accept_failing {
-                        warn!(listener = name, error = %e, "accept failed, backing off");
+                        warn!(listener = %name, error = %e, "accept failed, backing off");
                         accept_failing = true;
                     }
                     tokio::select! {
@@ -60,8 +66,8 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
+        let ctx = current.load_full();
         ctx.metrics.connections.increment(1);
-        let ctx = ctx.clone();
         tracker.spawn(async move {
             ctx.active.fetch_add(1, Relaxed);
             tokio::select! {
@@ -72,7 +78,7 @@ pub async fn serve(
             drop(permit);
         });
     }
-    info!(listener = name, "stopped accepting");
+    info!(listener = %name, "stopped accepting");
 }
 
 async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
@@ -81,21 +87,25 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
     // Best effort: a socket that cannot take options still forwards correctly.
     let _ = client.set_nodelay(true);
     let Some(pool) = ctx.upstream.pool(config.connect_timeout).await else {
-        warn!(listener = name, %peer, "no discovery answer yet, closing the connection");
+        if !ctx.failing.swap(true, Relaxed) {
+            warn!(listener = name, %peer, "no discovery answer yet, closing connections");
+        }
         return;
     };
     let Some((backend, member)) = connect(ctx, &pool, peer).await else {
         return;
     };
-    let _lease = Lease::new(&member);
+    let lease = Lease::new(&member);
     let _ = backend.set_nodelay(true);
     let started = Instant::now();
-    let transfer = forward(&client, &backend, config.idle_timeout, &ctx.metrics).await;
+    let drained = ctx.drained(&lease);
+    let transfer = forward(&client, &backend, config.idle_timeout, &ctx.metrics, drained).await;
     let duration = started.elapsed();
     ctx.metrics.duration.record(duration.as_secs_f64());
     let ended = match &transfer.end {
         End::Closed => "closed".to_string(),
         End::Idle => "idle timeout".to_string(),
+        End::Drained => "drained".to_string(),
         End::Error(e) => format!("error: {e}"),
     };
     let backend = member.addr();
@@ -122,19 +132,35 @@ async fn connect(
         };
         tried[attempts] = member.addr();
         attempts += 1;
+        let eject_after = ctx.config.eject_after;
         let error = match timeout(ctx.config.connect_timeout, TcpStream::connect(member.addr())).await {
-            Ok(Ok(stream)) => return Some((stream, member.clone())),
+            Ok(Ok(stream)) => {
+                if member.stats.ejection.succeeded(eject_after) {
+                    info!(listener = name, backend = %member.addr(), "backend accepts connections again");
+                }
+                if ctx.failing.swap(false, Relaxed) {
+                    info!(listener = name, "connections reach backends again");
+                }
+                return Some((stream, member.clone()));
+            }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {:?}", ctx.config.connect_timeout),
         };
         member.stats.connect_failures.fetch_add(1, Relaxed);
-        debug!(listener = name, backend = %member.addr(), error, "connect failed, trying another backend");
+        if let Some(period) = member.stats.ejection.failed(eject_after) {
+            warn!(listener = name, backend = %member.addr(), ?period, error, "backend ejected after repeated connect failures");
+        } else {
+            debug!(listener = name, backend = %member.addr(), error, "connect failed, trying another backend");
+        }
     }
-    if attempts == 0 {
-        warn!(listener = name, %peer, "no backends, closing the connection");
-    } else {
-        let tried: Vec<String> = tried[..attempts].iter().map(ToString::to_string).collect();
-        warn!(listener = name, %peer, tried = %tried.join(" "), "no backend accepted, closing the connection");
+    // Said once until a connection gets through again, not once per client.
+    if !ctx.failing.swap(true, Relaxed) {
+        if attempts == 0 {
+            warn!(listener = name, %peer, "no backends, closing connections");
+        } else {
+            let tried: Vec<String> = tried[..attempts].iter().map(ToString::to_string).collect();
+            warn!(listener = name, %peer, tried = %tried.join(" "), "no backend accepted, closing connections");
+        }
     }
     None
 }

@@ -20,6 +20,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use arc_swap::ArcSwap;
 use lru::LruCache;
 use socket2::SockRef;
 use tokio::net::UdpSocket;
@@ -87,20 +88,19 @@ impl Clock {
     }
 }
 
-/// Receives on `socket` until `shutdown`, forwarding each datagram.
-pub async fn serve(socket: UdpSocket, ctx: Arc<Context>, shutdown: CancellationToken) {
-    let socket = Arc::new(socket);
-    if ctx.config.udp.replies {
-        Flows::new(socket, ctx.clone()).run(shutdown).await;
-    } else {
-        spread(&socket, &ctx, shutdown).await;
-    }
-    info!(listener = %ctx.config.name, "stopped receiving");
+/// Receives on `socket` until `stop`, forwarding each datagram with the
+/// context current when it arrives (a reload changes new flows only).
+pub async fn serve(socket: UdpSocket, current: Arc<ArcSwap<Context>>, stop: CancellationToken) {
+    let name = current.load().config.name.clone();
+    Relay::new(Arc::new(socket), current).run(stop).await;
+    info!(listener = %name, "stopped receiving");
 }
 
-/// The flow table of one listener and what maintaining it needs.
-struct Flows {
+/// One UDP listener's state: the flow table and what maintaining it needs.
+struct Relay {
     socket: Arc<UdpSocket>,
+    current: Arc<ArcSwap<Context>>,
+    /// The context of the datagram being handled.
     ctx: Arc<Context>,
     table: LruCache<SocketAddr, Flow>,
     /// Backends that refused a client, avoided by its next flow.
@@ -108,19 +108,23 @@ struct Flows {
     ended_tx: mpsc::UnboundedSender<(SocketAddr, u64, FlowEnd)>,
     ended_rx: mpsc::UnboundedReceiver<(SocketAddr, u64, FlowEnd)>,
     next_id: u64,
+    /// Fire-and-forget: one unconnected socket per address family, made on first use.
+    senders: [Option<UdpSocket>; 2],
 }
 
-impl Flows {
-    fn new(socket: Arc<UdpSocket>, ctx: Arc<Context>) -> Flows {
+impl Relay {
+    fn new(socket: Arc<UdpSocket>, current: Arc<ArcSwap<Context>>) -> Relay {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
-        Flows {
+        Relay {
             socket,
-            ctx,
+            ctx: current.load_full(),
+            current,
             table: LruCache::unbounded(),
             refused: HashMap::new(),
             ended_tx,
             ended_rx,
             next_id: 0,
+            senders: [None, None],
         }
     }
 
@@ -132,7 +136,14 @@ impl Flows {
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((n, client)) => {
                         recv_failing = false;
-                        self.forward(client, &buf[..n]).await;
+                        if !Arc::ptr_eq(&self.ctx, &self.current.load()) {
+                            self.ctx = self.current.load_full();
+                        }
+                        if self.ctx.config.udp.replies {
+                            self.forward(client, &buf[..n]).await;
+                        } else {
+                            self.spread(client, &buf[..n]).await;
+                        }
                     }
                     Err(e) => {
                         if !recv_failing {
@@ -322,44 +333,35 @@ async fn replies(
     let _ = ended.send((client, id, end));
 }
 
-/// Fire-and-forget: every datagram to the next backend, no state per client.
-async fn spread(socket: &UdpSocket, ctx: &Context, shutdown: CancellationToken) {
-    let mut buf = vec![0; MAX_DATAGRAM];
-    // One unconnected sending socket per address family, made on first use.
-    let mut senders: [Option<UdpSocket>; 2] = [None, None];
-    loop {
-        let (n, client) = tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
-                Ok(received) => received,
-                Err(_) => continue,
-            },
-            _ = shutdown.cancelled() => return,
-        };
+impl Relay {
+    /// Fire-and-forget: the datagram to the next backend, no state per client.
+    async fn spread(&mut self, client: SocketAddr, data: &[u8]) {
+        let ctx = &self.ctx;
         let Some(pool) = ctx.upstream.pool(ctx.config.connect_timeout).await else {
-            continue;
+            return;
         };
         let Some(member) = ctx.upstream.balancer.pick(&pool, client.ip(), &[]) else {
-            continue;
+            return;
         };
         let family = usize::from(member.addr().is_ipv6());
-        if senders[family].is_none() {
+        if self.senders[family].is_none() {
             let local: SocketAddr = if family == 1 {
                 (Ipv6Addr::UNSPECIFIED, 0).into()
             } else {
                 (Ipv4Addr::UNSPECIFIED, 0).into()
             };
             match UdpSocket::bind(local).await {
-                Ok(s) => senders[family] = Some(s),
+                Ok(s) => self.senders[family] = Some(s),
                 Err(e) => {
                     warn!(listener = %ctx.config.name, error = %e, "cannot open a UDP socket");
-                    continue;
+                    return;
                 }
             }
         }
-        if let Some(sender) = &senders[family] {
-            if send_now(sender, &buf[..n], Some(member.addr())).is_ok() {
+        if let Some(sender) = &self.senders[family] {
+            if send_now(sender, data, Some(member.addr())).is_ok() {
                 member.stats.total.fetch_add(1, Relaxed);
-                ctx.metrics.bytes_up.increment(n as u64);
+                ctx.metrics.bytes_up.increment(data.len() as u64);
             }
         }
     }

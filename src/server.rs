@@ -1,0 +1,471 @@
+//! The running server: binds the listeners, wires discovery → balancer →
+//! proxy for each, applies reloads as a diff against what runs, and owns
+//! shutdown (stop accepting, drain for `shutdown_grace`, then close).
+//!
+//! A reload never touches what did not change: an unchanged listener keeps
+//! its socket, context and connections; a changed one keeps its socket and
+//! gives new connections the new settings; a removed one stops accepting and
+//! its connections drain. Anything that fails (a port in use, no DNS server)
+//! fails the whole reload before anything is changed.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use socket2::{Domain, Socket as Socket2, Type};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::Error;
+use crate::admin::Admin;
+use crate::balancer::Upstream;
+use crate::config::{BackendSource, Config, Listener, Protocol};
+use crate::discovery::Registry;
+use crate::discovery::dns::DnsClient;
+use crate::health::Checks;
+use crate::metrics::Metrics;
+use crate::proxy::{self, Context};
+
+/// Pending connections the kernel queues per listener while at `max_connections`.
+const LISTEN_BACKLOG: i32 = 1024;
+/// Room for UDP bursts (statsd flushes); the kernel caps it at net.core.rmem_max.
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+/// How often histogram samples are folded into buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// A bound listening socket.
+enum Socket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl Socket {
+    fn bind(listener: &Listener) -> Result<Socket, Error> {
+        let socket = Socket2::new(
+            Domain::for_address(listener.bind),
+            sock_type(listener.protocol),
+            None,
+        );
+        let bound = socket.and_then(|socket| {
+            if listener.reuse_port {
+                socket.set_reuse_port(true)?;
+            }
+            match listener.protocol {
+                Protocol::Tcp => listen_tcp(socket, listener.bind).map(Socket::Tcp),
+                Protocol::Udp => {
+                    let _ = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
+                    socket.set_nonblocking(true)?;
+                    socket.bind(&listener.bind.into())?;
+                    UdpSocket::from_std(socket.into()).map(Socket::Udp)
+                }
+            }
+        });
+        bound.map_err(|source| Error::Bind {
+            listener: listener.name.clone(),
+            addr: listener.bind,
+            source,
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Socket::Tcp(s) => s.local_addr(),
+            Socket::Udp(s) => s.local_addr(),
+        }
+    }
+}
+
+fn sock_type(protocol: Protocol) -> Type {
+    match protocol {
+        Protocol::Tcp => Type::STREAM,
+        Protocol::Udp => Type::DGRAM,
+    }
+}
+
+fn listen_tcp(socket: Socket2, addr: SocketAddr) -> io::Result<TcpListener> {
+    // Restarting must not fail on the old process's TIME_WAIT connections.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The DNS client `config` needs: none without DNS listeners.
+fn dns_client(config: &Config) -> Result<Option<DnsClient>, Error> {
+    let uses_dns = config
+        .listeners
+        .iter()
+        .any(|l| matches!(l.backends, BackendSource::Dns(_)));
+    match (uses_dns, config.dns) {
+        (false, _) => Ok(None),
+        (true, Some(server)) => Ok(Some(DnsClient::new(server))),
+        (true, None) => DnsClient::system().map(Some).map_err(Error::NoDns),
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// New listeners with the address they bound.
+    pub added: Vec<(String, SocketAddr)>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+/// Sends reloads to a running [`Server`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    commands: mpsc::Sender<Reload>,
+}
+
+struct Reload {
+    config: Config,
+    done: oneshot::Sender<Result<ReloadReport, Error>>,
+}
+
+impl Control {
+    /// Applies `config` to the running server. On error nothing changed.
+    pub async fn reload(&self, config: Config) -> Result<ReloadReport, Error> {
+        let (done, result) = oneshot::channel();
+        self.commands
+            .send(Reload { config, done })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        result.await.map_err(|_| Error::Stopped)?
+    }
+}
+
+/// Every listener bound, ready to [`run`](Server::run).
+pub struct Server {
+    config: Config,
+    sockets: Vec<Socket>,
+    admin: Option<TcpListener>,
+    dns: Option<DnsClient>,
+    commands: mpsc::Receiver<Reload>,
+    control: Control,
+}
+
+impl Server {
+    /// Binds every listener; fails naming the listener whose address is taken.
+    pub async fn bind(config: Config) -> Result<Server, Error> {
+        let dns = dns_client(&config)?;
+        let sockets = config
+            .listeners
+            .iter()
+            .map(Socket::bind)
+            .collect::<Result<_, _>>()?;
+        let admin = match config.metrics {
+            Some(addr) => {
+                let socket = Socket2::new(Domain::for_address(addr), Type::STREAM, None);
+                let bound = socket.and_then(|s| listen_tcp(s, addr));
+                Some(bound.map_err(|source| Error::BindMetrics { addr, source })?)
+            }
+            None => None,
+        };
+        let (tx, commands) = mpsc::channel(1);
+        Ok(Server {
+            config,
+            sockets,
+            admin,
+            dns,
+            commands,
+            control: Control { commands: tx },
+        })
+    }
+
+    /// A handle to reload the server once it runs.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Where the metrics/status endpoint listens, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Each listener's name and bound address (with the real port if it was 0).
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.config
+            .listeners
+            .iter()
+            .zip(&self.sockets)
+            .map(|(l, socket)| (l.name.clone(), socket.local_addr().unwrap_or(l.bind)))
+            .collect()
+    }
+
+    /// Serves until `shutdown` is cancelled, applying reloads meanwhile; then
+    /// stops accepting and lets open connections finish for up to
+    /// `shutdown_grace` before closing them.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let metrics_addr = self.metrics_addr();
+        let Server {
+            config,
+            sockets,
+            admin,
+            dns,
+            mut commands,
+            control,
+        } = self;
+        let metrics = Arc::new(Metrics::new(admin.is_some()));
+        let mut running = Running {
+            listeners: HashMap::new(),
+            discovery: Registry::new(dns, metrics.clone(), shutdown.clone()),
+            checks: Arc::new(Checks::new(shutdown.clone())),
+            admin: admin.as_ref().map(|_| Arc::new(Admin::new(metrics.clone()))),
+            metrics: metrics.clone(),
+            shutdown_grace: config.shutdown_grace,
+            shutdown: shutdown.clone(),
+            hard_stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        for (listener, socket) in config.listeners.iter().zip(sockets) {
+            running.start(listener, socket);
+        }
+        running.publish();
+        if let (Some(socket), Some(addr), Some(admin)) = (admin, metrics_addr, running.admin.clone()) {
+            info!(%addr, "serving /metrics, /status and / over HTTP");
+            tokio::spawn(crate::admin::serve(socket, admin, shutdown.clone()));
+            tokio::spawn(upkeep(metrics, shutdown.clone()));
+        }
+        // Keeps the command channel open while we run.
+        let _control = control;
+
+        loop {
+            tokio::select! {
+                Some(reload) = commands.recv() => {
+                    let result = running.reload(reload.config);
+                    if let Err(e) = &result {
+                        warn!(error = %e, "reload failed, the running configuration stays");
+                    }
+                    let _ = reload.done.send(result);
+                }
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        running.shut_down().await;
+    }
+}
+
+/// One listener as it runs.
+struct Live {
+    config: Listener,
+    local_addr: SocketAddr,
+    /// The context new connections take; a reload swaps it.
+    current: Arc<ArcSwap<Context>>,
+    /// TCP: open connections allowed (`max_connections`).
+    limit: Arc<Semaphore>,
+    /// Open connections or flows, across reloads.
+    active: Arc<AtomicUsize>,
+    /// Stops accepting.
+    stop: CancellationToken,
+}
+
+struct Running {
+    listeners: HashMap<String, Live>,
+    discovery: Registry,
+    checks: Arc<Checks>,
+    metrics: Arc<Metrics>,
+    admin: Option<Arc<Admin>>,
+    shutdown_grace: Duration,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    fn context(
+        &mut self,
+        listener: &Listener,
+        local_addr: SocketAddr,
+        active: Arc<AtomicUsize>,
+    ) -> Arc<Context> {
+        let snapshots = self.discovery.subscribe(&listener.backends);
+        let health = listener.health.clone().map(|check| (self.checks.clone(), check));
+        Arc::new(Context {
+            config: listener.clone(),
+            local_addr,
+            upstream: Upstream::follow(listener.balance, snapshots, health),
+            metrics: self.metrics.listener(&listener.name),
+            active,
+            removed: CancellationToken::new(),
+            failing: AtomicBool::new(false),
+            hard_stop: self.hard_stop.clone(),
+        })
+    }
+
+    fn start(&mut self, listener: &Listener, socket: Socket) -> SocketAddr {
+        let local_addr = socket.local_addr().unwrap_or(listener.bind);
+        let active = Arc::new(AtomicUsize::new(0));
+        let current = Arc::new(ArcSwap::new(self.context(listener, local_addr, active.clone())));
+        let limit = Arc::new(Semaphore::new(listener.max_connections));
+        let stop = self.shutdown.child_token();
+        info!(listener = %listener.name, addr = %local_addr, protocol = %listener.protocol, "listening");
+        match socket {
+            Socket::Tcp(socket) => {
+                let serve = proxy::tcp::serve(
+                    socket,
+                    current.clone(),
+                    limit.clone(),
+                    stop.clone(),
+                    self.tracker.clone(),
+                );
+                self.tracker.spawn(serve);
+            }
+            Socket::Udp(socket) => {
+                self.tracker
+                    .spawn(proxy::udp::serve(socket, current.clone(), stop.clone()));
+            }
+        }
+        let live = Live {
+            config: listener.clone(),
+            local_addr,
+            current,
+            limit,
+            active,
+            stop,
+        };
+        self.listeners.insert(listener.name.clone(), live);
+        local_addr
+    }
+
+    /// Stops accepting on `name`; its connections drain.
+    fn remove(&mut self, name: &str) {
+        if let Some(live) = self.listeners.remove(name) {
+            live.stop.cancel();
+            live.current.load().removed.cancel();
+        }
+    }
+
+    fn reload(&mut self, config: Config) -> Result<ReloadReport, Error> {
+        let dns = dns_client(&config)?;
+        let dns_changed = dns.as_ref().map(DnsClient::server) != self.discovery.dns().map(DnsClient::server);
+        // Bind whatever needs a new socket first: a failure there changes nothing.
+        let mut fresh = Vec::new();
+        let mut changed = Vec::new();
+        for listener in &config.listeners {
+            match self.listeners.get(&listener.name) {
+                Some(live) if !needs_new_socket(&live.config, listener) => {
+                    let uses_dns = matches!(listener.backends, BackendSource::Dns(_));
+                    if live.config != *listener || (dns_changed && uses_dns) {
+                        changed.push(listener.clone());
+                    }
+                }
+                _ => fresh.push((listener.clone(), Socket::bind(listener)?)),
+            }
+        }
+
+        let mut report = ReloadReport::default();
+        let keep: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+        let rebound: Vec<&str> = fresh.iter().map(|(l, _)| l.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .listeners
+            .keys()
+            .filter(|name| !keep.contains(&name.as_str()) || rebound.contains(&name.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.remove(&name);
+            if !keep.contains(&name.as_str()) {
+                report.removed.push(name);
+            }
+        }
+        if dns_changed {
+            self.discovery.set_dns(dns);
+        }
+        for listener in changed {
+            let live = &self.listeners[&listener.name];
+            let (local_addr, active) = (live.local_addr, live.active.clone());
+            let old_limit = live.config.max_connections;
+            let ctx = self.context(&listener, local_addr, active);
+            let live = self.listeners.get_mut(&listener.name).expect("checked above");
+            resize(&live.limit, old_limit, listener.max_connections);
+            live.current.store(ctx);
+            live.config = listener.clone();
+            report.changed.push(listener.name);
+        }
+        for (listener, socket) in fresh {
+            let addr = self.start(&listener, socket);
+            report.added.push((listener.name, addr));
+        }
+        report.added.sort();
+        report.removed.sort();
+        report.changed.sort();
+        self.discovery.retain(&config.listeners);
+        self.shutdown_grace = config.shutdown_grace;
+        self.publish();
+        info!(
+            added = ?report.added,
+            removed = ?report.removed,
+            changed = ?report.changed,
+            "configuration reloaded"
+        );
+        Ok(report)
+    }
+
+    /// Shows the current listeners and queries on the status page.
+    fn publish(&self) {
+        if let Some(admin) = &self.admin {
+            let mut listeners: Vec<Arc<Context>> =
+                self.listeners.values().map(|l| l.current.load_full()).collect();
+            listeners.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+            admin.publish(listeners, self.discovery.queries());
+        }
+    }
+
+    async fn shut_down(self) {
+        self.tracker.close();
+        let grace = self.shutdown_grace;
+        info!(?grace, "shutting down, letting open connections finish");
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            warn!(
+                open = self.tracker.len(),
+                "shutdown grace over, closing the remaining connections"
+            );
+            self.hard_stop.cancel();
+            self.tracker.wait().await;
+        }
+        info!("stopped");
+    }
+}
+
+/// Whether a change to `old` can only be applied with a new socket.
+fn needs_new_socket(old: &Listener, new: &Listener) -> bool {
+    old.bind != new.bind || old.protocol != new.protocol || old.reuse_port != new.reuse_port
+}
+
+/// Resizes a connection limit; a lower one takes the free permits now and
+/// the rest as connections close (new clients wait meanwhile, as at the limit).
+fn resize(limit: &Arc<Semaphore>, old: usize, new: usize) {
+    if new >= old {
+        limit.add_permits(new - old);
+        return;
+    }
+    let owed = (old - new) - limit.forget_permits(old - new);
+    if owed > 0 {
+        let limit = limit.clone();
+        tokio::spawn(async move {
+            if let Ok(permits) = limit.acquire_many_owned(owed as u32).await {
+                permits.forget();
+            }
+        });
+    }
+}
+
+/// Folds histogram samples into buckets now and then, so they never pile up.
+async fn upkeep(metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(METRICS_UPKEEP);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => metrics.upkeep(),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
