@@ -663,3 +663,176 @@ fn status_page_renders_in_headless_chromium() {
         "empty screenshot"
     );
 }
+
+/// A redis-benchmark run; panics with its output unless every request succeeded.
+fn redis_benchmark(addr: SocketAddr, args: &[&str]) {
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            &addr.ip().to_string(),
+            "-p",
+            &addr.port().to_string(),
+            "-q",
+            "--csv",
+        ])
+        .args(args)
+        .output()
+        .expect("redis-benchmark (apt-get install redis-tools)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !text.to_lowercase().contains("error"),
+        "redis-benchmark failed: {text}"
+    );
+    assert!(
+        text.contains("\"PING_INLINE\"") || text.contains("\"PING_MBULK\""),
+        "{text}"
+    );
+}
+
+fn two_checked_redis(dns: &ConsulDns, dir: &Path, bind: &str) -> ([u16; 2], Vec<Proc>, PathBuf) {
+    let ports = [free_port(), free_port()];
+    let procs: Vec<Proc> = ports.iter().map(|&p| redis(p)).collect();
+    dns.add("redis", "node1", ports[0]);
+    dns.add("redis", "node2", ports[1]);
+    let config = config_file(
+        dir,
+        &format!(
+            "dns = \"{}\"\n[listeners.redis]\nbind = \"{bind}\"\nservice = \"redis\"\n\
+             [listeners.redis.health]\ninterval = \"500ms\"\ntimeout = \"250ms\"\nfall = 2\nrise = 2\n\
+             send = \"PING\\r\\n\"\nexpect = \"+PONG\"\n",
+            dns.addr()
+        ),
+    );
+    (ports, procs, config)
+}
+
+#[test]
+fn a_killed_instance_still_in_dns_costs_clients_nothing() {
+    let dns = ConsulDns::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ports, mut procs, config) = two_checked_redis(&dns, dir.path(), "127.0.0.1:0");
+    let sluice = Sluice::start(&["--config", config.to_str().unwrap()], 1);
+    sluice.wait_for_log("backends changed");
+    redis_benchmark(
+        sluice.addrs[0],
+        &["-t", "ping", "-n", "2000", "-c", "20", "-k", "0"],
+    );
+
+    // Killed, still in DNS: at once (before any check notices) and after.
+    drop(procs.remove(0));
+    redis_benchmark(
+        sluice.addrs[0],
+        &["-t", "ping", "-n", "5000", "-c", "20", "-k", "0"],
+    );
+    let down = sluice.wait_for_log("backend is down");
+    assert!(down.contains(&format!("127.0.0.1:{}", ports[0])), "{down}");
+    redis_benchmark(
+        sluice.addrs[0],
+        &["-t", "ping", "-n", "5000", "-c", "20", "-k", "0"],
+    );
+}
+
+#[test]
+fn ten_reloads_during_a_benchmark_lose_nothing() {
+    let dns = ConsulDns::start();
+    let dir = tempfile::tempdir().unwrap();
+    // A fixed port, as in real use: a reload keeps the socket of an unchanged bind.
+    let bind = format!("127.0.0.1:{}", free_port());
+    let (_ports, _procs, config) = two_checked_redis(&dns, dir.path(), &bind);
+    let sluice = Sluice::start(&["--config", config.to_str().unwrap()], 1);
+    sluice.wait_for_log("backends changed");
+    let addr = sluice.addrs[0];
+    let text = std::fs::read_to_string(&config).unwrap();
+
+    let bench = thread::spawn(move || {
+        redis_benchmark(addr, &["-t", "ping", "-n", "200000", "-c", "20"]);
+        redis_benchmark(addr, &["-t", "ping", "-n", "20000", "-c", "20", "-k", "0"]);
+    });
+    let pid = sluice.child.0.id().to_string();
+    for i in 0..10 {
+        // Alternate the balance algorithm: a real change on every reload.
+        let balance = if i % 2 == 0 { "least-conn" } else { "round-robin" };
+        let next = text.replace(
+            "service = \"redis\"",
+            &format!("service = \"redis\"\nbalance = \"{balance}\""),
+        );
+        std::fs::write(&config, next).unwrap();
+        run(Command::new("kill").args(["-HUP", &pid]));
+        let line = sluice.wait_for_log("configuration reloaded");
+        assert!(line.contains("changed=[\"redis\"]"), "{line}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    bench.join().expect("benchmark saw errors across reloads");
+
+    // A broken file is refused and the running configuration stays.
+    std::fs::write(&config, "[listeners.redis]\nbind = 1\n").unwrap();
+    run(Command::new("kill").args(["-HUP", &pid]));
+    let line = sluice.wait_for_log("reload rejected");
+    assert!(line.contains("reload rejected"), "{line}");
+    redis_benchmark(addr, &["-t", "ping", "-n", "2000", "-c", "10"]);
+}
+
+#[test]
+fn upgrade_with_reuse_port_refuses_no_connection() {
+    // Let the kernel hand connections queued on a closing listener to its
+    // SO_REUSEPORT sibling instead of resetting them (Linux 5.14+).
+    run(Command::new("sysctl").args(["-qw", "net.ipv4.tcp_migrate_req=1"]));
+    let dns = ConsulDns::start();
+    let port = free_port();
+    let _redis = redis(port);
+    dns.add("redis", "node1", port);
+    let dir = tempfile::tempdir().unwrap();
+    let front = free_port();
+    let config = config_file(
+        dir.path(),
+        &format!(
+            "dns = \"{}\"\nshutdown_grace = \"5s\"\n[listeners.redis]\nbind = \"127.0.0.1:{front}\"\n\
+             service = \"redis\"\nreuse_port = true\n",
+            dns.addr()
+        ),
+    );
+    let args = ["--config", config.to_str().unwrap()];
+    let old = Sluice::start(&args, 1);
+    old.wait_for_log("backends changed");
+    let addr: SocketAddr = format!("127.0.0.1:{front}").parse().unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let clients = thread::spawn(move || {
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            let result = TcpStream::connect(addr)
+                .map_err(|e| e.to_string())
+                .and_then(|mut s| {
+                    s.set_read_timeout(Some(STARTUP)).unwrap();
+                    let reply = redis_command(&mut s, "PING");
+                    if reply == "+PONG\r\n" { Ok(()) } else { Err(reply) }
+                });
+            match result {
+                Ok(()) => ok += 1,
+                Err(e) => failed.push(e),
+            }
+        }
+        (ok, failed)
+    });
+    thread::sleep(Duration::from_millis(300));
+    let new = Sluice::start(&args, 1);
+    new.wait_for_log("backends changed");
+    thread::sleep(Duration::from_millis(300));
+    assert!(old.terminate().success());
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = clients.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "only {ok} requests made it");
+}

@@ -173,10 +173,13 @@ impl Balancer {
     /// backend at all is available, any untried one (better than refusing).
     pub fn pick<'a>(&self, pool: &'a Pool, client: IpAddr, tried: &[SocketAddr]) -> Option<&'a Member> {
         let untried = |m: &Member| !tried.contains(&m.addr());
-        let groups = || pool.groups.iter();
-        groups()
-            .find_map(|g| self.pick_in(g, client, &|m| untried(m) && m.available()))
-            .or_else(|| groups().find_map(|g| self.pick_in(g, client, &untried)))
+        let healthy = |m: &Member| untried(m) && m.available();
+        let usable: &dyn Fn(&Member) -> bool = if pool.members().any(healthy) {
+            &healthy
+        } else {
+            &untried
+        };
+        pool.groups.iter().find_map(|g| self.pick_in(g, client, usable))
     }
 
     fn pick_in<'a>(
@@ -186,6 +189,9 @@ impl Balancer {
         usable: &dyn Fn(&Member) -> bool,
     ) -> Option<&'a Member> {
         let members = &group.members;
+        if !members.iter().any(usable) {
+            return None; // before any counter moves, so turns stay fair
+        }
         let n = members.len();
         // The first usable member at or after `start`.
         let usable_from = |start: usize| (0..n).map(|i| (start + i) % n).find(|&i| usable(&members[i]));

@@ -378,3 +378,67 @@ pub fn sample(exposition: &str, series: &str) -> Option<f64> {
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// A backend that answers health checks (`PING`) with `+PONG` while healthy
+/// and `-ERR` while sick, and answers any other first line (client traffic)
+/// with its port, counting those clients.
+pub struct CheckedBackend {
+    pub addr: SocketAddr,
+    pub clients: Arc<AtomicUsize>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CheckedBackend {
+    pub async fn start() -> CheckedBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clients = Arc::new(AtomicUsize::new(0));
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (count, up) = (clients.clone(), healthy.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (count, up) = (count.clone(), up.clone());
+                tokio::spawn(async move {
+                    let mut reader = BufReader::new(stream);
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).await.is_err() {
+                        return;
+                    }
+                    let reply = if line.trim() == "PING" {
+                        if up.load(Relaxed) {
+                            "+PONG\r\n".to_string()
+                        } else {
+                            "-ERR\r\n".to_string()
+                        }
+                    } else {
+                        count.fetch_add(1, Relaxed);
+                        format!("{}\n", addr.port())
+                    };
+                    let _ = reader.get_mut().write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        CheckedBackend {
+            addr,
+            clients,
+            healthy,
+        }
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Relaxed);
+    }
+}
+
+/// One client request through `addr` to a [`CheckedBackend`]: its port.
+pub async fn request(addr: SocketAddr) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"hello\n").await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    reply
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("bad reply {reply:?}"))
+}
