@@ -78,6 +78,8 @@ pub struct Listener {
     pub drain_timeout: Option<Duration>,
     /// Bind with SO_REUSEPORT, so a new sluice can take over the port.
     pub reuse_port: bool,
+    /// Forward TCP with splice(2) (Linux) instead of copying through user space.
+    pub splice: bool,
 }
 
 /// `[listeners.NAME.health]`: an active check of every backend.
@@ -265,6 +267,7 @@ struct RawListener {
     eject_after: Option<Spanned<i64>>,
     drain_timeout: Option<Dur>,
     reuse_port: Option<bool>,
+    splice: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -678,6 +681,7 @@ impl Validator<'_> {
             eject_after,
             drain_timeout,
             reuse_port: raw.reuse_port.unwrap_or(false),
+            splice: raw.splice.unwrap_or(true),
         })
     }
 }
@@ -717,6 +721,7 @@ fn parse_shorthand(text: &str, defaults: &Defaults) -> Result<Listener, String> 
         eject_after: DEFAULT_EJECT_AFTER as u32,
         drain_timeout: None,
         reuse_port: false,
+        splice: true,
     })
 }
 

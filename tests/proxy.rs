@@ -61,60 +61,127 @@ async fn failed_priority_group_fails_over_to_the_next() {
     assert_eq!(backend_port(sluice.addr()).await, backup[0].addr.port());
 }
 
+/// The forwarding tests run once with splice(2) and once with copying.
+const SPLICE: [&str; 2] = ["splice = true", "splice = false"];
+
 #[tokio::test]
 async fn client_half_close_still_gets_the_reply() {
-    let b = echo_backends(1).await;
-    let sluice = Sluice::start(&static_config(&[b[0].addr], "")).await;
-    let mut stream = TcpStream::connect(sluice.addr()).await.unwrap();
-    stream.write_all(b"hello").await.unwrap();
-    stream.shutdown().await.unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).await.unwrap();
-    assert_eq!(reply, format!("{}\nhello", b[0].addr.port()));
+    for mode in SPLICE {
+        let b = echo_backends(1).await;
+        let sluice = Sluice::start(&static_config(&[b[0].addr], mode)).await;
+        let mut stream = TcpStream::connect(sluice.addr()).await.unwrap();
+        stream.write_all(b"hello").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.unwrap();
+        assert_eq!(reply, format!("{}\nhello", b[0].addr.port()), "{mode}");
+    }
+}
+
+/// A backend that runs `script` on its first connection.
+async fn scripted_backend<F, Fut>(script: F) -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>)
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Vec<u8>> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move { script(listener.accept().await.unwrap().0).await });
+    (addr, task)
 }
 
 #[tokio::test]
 async fn backend_half_close_still_receives_the_client() {
-    // A backend that says its piece, closes its side, then reads everything.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    let received = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        stream.write_all(b"bye").await.unwrap();
+    for mode in SPLICE {
+        // The backend says its piece, closes its side, then reads everything.
+        let (backend, received) = scripted_backend(|mut stream| async move {
+            stream.write_all(b"bye").await.unwrap();
+            stream.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).await.unwrap();
+            got
+        })
+        .await;
+        let sluice = Sluice::start(&static_config(&[backend], mode)).await;
+        let mut stream = TcpStream::connect(sluice.addr()).await.unwrap();
+        let mut greeting = Vec::new();
+        stream.read_to_end(&mut greeting).await.unwrap();
+        assert_eq!(greeting, b"bye", "{mode}");
+        let payload = vec![7u8; 1 << 20];
+        stream.write_all(&payload).await.unwrap();
         stream.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        stream.read_to_end(&mut got).await.unwrap();
-        got
-    });
-    let sluice = Sluice::start(&static_config(&[backend], "")).await;
-    let mut stream = TcpStream::connect(sluice.addr()).await.unwrap();
-    let mut greeting = Vec::new();
-    stream.read_to_end(&mut greeting).await.unwrap();
-    assert_eq!(greeting, b"bye");
-    let payload = vec![7u8; 1 << 20];
-    stream.write_all(&payload).await.unwrap();
-    stream.shutdown().await.unwrap();
-    assert_eq!(received.await.unwrap(), payload);
+        assert_eq!(received.await.unwrap(), payload, "{mode}");
+    }
 }
 
 #[tokio::test]
-async fn large_transfer_arrives_intact() {
-    let b = echo_backends(1).await;
-    let sluice = Sluice::start(&static_config(&[b[0].addr], "")).await;
-    let stream = TcpStream::connect(sluice.addr()).await.unwrap();
-    let (mut r, mut w) = stream.into_split();
-    let payload: Vec<u8> = (0..8u32 << 20).map(|i| (i * 31 % 251) as u8).collect();
-    let sent = payload.clone();
-    let writer = tokio::spawn(async move {
-        w.write_all(&sent).await.unwrap();
-        w.shutdown().await.unwrap();
-    });
-    let mut got = Vec::new();
-    r.read_to_end(&mut got).await.unwrap();
-    writer.await.unwrap();
-    let greeting = format!("{}\n", b[0].addr.port());
-    assert_eq!(&got[..greeting.len()], greeting.as_bytes());
-    assert!(got[greeting.len()..] == payload[..], "payload corrupted");
+async fn backend_closing_first_ends_the_client_cleanly() {
+    for mode in SPLICE {
+        let (backend, _) = scripted_backend(|mut stream| async move {
+            stream.write_all(b"bye").await.unwrap();
+            Vec::new() // dropped: a full close, both directions
+        })
+        .await;
+        let sluice = Sluice::start(&static_config(&[backend], mode)).await;
+        let mut stream = TcpStream::connect(sluice.addr()).await.unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye", "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn a_backend_reset_resets_the_client() {
+    for mode in SPLICE {
+        let (backend, _) = scripted_backend(|stream| async move {
+            let mut buf = [0u8; 5];
+            let mut stream = stream;
+            stream.read_exact(&mut buf).await.unwrap();
+            stream.set_zero_linger().unwrap();
+            Vec::new() // dropped with linger 0: RST
+        })
+        .await;
+        let sluice = Sluice::start(&static_config(&[backend], mode)).await;
+        let mut stream = TcpStream::connect(sluice.addr()).await.unwrap();
+        stream.write_all(b"hello").await.unwrap();
+        let mut rest = Vec::new();
+        let err = stream
+            .read_to_end(&mut rest)
+            .await
+            .expect_err("a reset, not a clean close");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn large_transfer_arrives_intact_and_is_counted_exactly() {
+    for mode in SPLICE {
+        let b = echo_backends(1).await;
+        let config = format!("metrics = \"127.0.0.1:0\"\n{}", static_config(&[b[0].addr], mode));
+        let sluice = Sluice::start(&config).await;
+        let stream = TcpStream::connect(sluice.addr()).await.unwrap();
+        let (mut r, mut w) = stream.into_split();
+        let payload: Vec<u8> = (0..8u32 << 20).map(|i| (i * 31 % 251) as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            w.write_all(&sent).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        let greeting = format!("{}\n", b[0].addr.port());
+        assert_eq!(&got[..greeting.len()], greeting.as_bytes());
+        assert!(got[greeting.len()..] == payload[..], "payload corrupted ({mode})");
+
+        let (_, text) = common::http_get(sluice.metrics.unwrap(), "/metrics").await;
+        let series =
+            |direction: &str| format!("sluice_bytes_total{{listener=\"test\",direction=\"{direction}\"}}");
+        let up = common::sample(&text, &series("client_to_backend"));
+        let down = common::sample(&text, &series("backend_to_client"));
+        assert_eq!(up, Some(payload.len() as f64), "{mode}");
+        assert_eq!(down, Some(got.len() as f64), "{mode}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

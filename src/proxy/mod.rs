@@ -1,9 +1,13 @@
-//! Proxying: per-protocol accept loops (`tcp`) and the byte forwarding they
-//! share. Forwarding works on `&TcpStream` readiness (`readable` + `try_read`)
-//! so both directions run concurrently in one task, a buffer is allocated
-//! only once data flows, and half-close is explicit: EOF on one side becomes
-//! `shutdown(Write)` on the other while the reverse direction keeps going.
+//! Proxying: per-protocol accept loops (`tcp`, `udp`), what a listener's
+//! connections share ([`Context`]), and TCP byte forwarding. Forwarding works
+//! on `&TcpStream` readiness (`readable` + `try_read`/`try_io`) so both
+//! directions run concurrently in one task; bytes go through splice(2) pipes
+//! on Linux (`splice`) or a user-space buffer, either taken only while data
+//! flows, so an idle connection holds neither. Half-close is explicit: EOF on
+//! one side becomes `shutdown(Write)` on the other while the reverse goes on.
 
+#[cfg(target_os = "linux")]
+mod splice;
 pub mod tcp;
 pub mod udp;
 
@@ -125,6 +129,7 @@ pub async fn forward(
     client: &TcpStream,
     backend: &TcpStream,
     idle: Duration,
+    zero_copy: bool,
     metrics: &ListenerMetrics,
     drained: impl Future<Output = ()>,
 ) -> Transfer {
@@ -134,9 +139,19 @@ pub async fn forward(
     };
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let both = async {
+        let up = Tally {
+            meter: &meter,
+            bytes: &up,
+            total: &metrics.bytes_up,
+        };
+        let down = Tally {
+            meter: &meter,
+            bytes: &down,
+            total: &metrics.bytes_down,
+        };
         tokio::try_join!(
-            pipe(client, backend, &meter, &up, &metrics.bytes_up),
-            pipe(backend, client, &meter, &down, &metrics.bytes_down)
+            direction(client, backend, up, zero_copy),
+            direction(backend, client, down, zero_copy)
         )
     };
     let idle_watch = async {
@@ -169,43 +184,68 @@ pub async fn forward(
     }
 }
 
-/// Copies `from` → `to` until EOF, then half-closes `to`.
-async fn pipe(
-    from: &TcpStream,
-    to: &TcpStream,
-    meter: &Meter,
-    bytes: &AtomicU64,
-    total: &Counter,
-) -> io::Result<()> {
-    // Allocated on first data: an idle connection holds no buffer.
-    let mut buf: Vec<u8> = Vec::new();
+/// Where one direction counts what it moves.
+pub struct Tally<'a> {
+    meter: &'a Meter,
+    bytes: &'a AtomicU64,
+    total: &'a Counter,
+}
+
+impl Tally<'_> {
+    fn moved(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Relaxed);
+        self.total.increment(n as u64);
+        self.meter.touch();
+    }
+}
+
+/// EOF from one side: pass it on as a FIN, keeping the other direction open.
+fn half_close(to: &TcpStream) -> io::Result<()> {
+    match SockRef::from(to).shutdown(Shutdown::Write) {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// One direction, zero-copy where the platform and the listener allow.
+async fn direction(from: &TcpStream, to: &TcpStream, tally: Tally<'_>, zero_copy: bool) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if zero_copy {
+        return splice::forward(from, to, &tally).await;
+    }
+    let _ = zero_copy;
+    copy(from, to, &tally).await
+}
+
+/// Copies `from` → `to` through user space until EOF, then half-closes `to`.
+async fn copy(from: &TcpStream, to: &TcpStream, tally: &Tally<'_>) -> io::Result<()> {
     loop {
         from.readable().await?;
-        if buf.is_empty() {
-            buf = vec![0; CHUNK];
-        }
-        let n = match from.try_read(&mut buf) {
-            Ok(0) => match SockRef::from(to).shutdown(Shutdown::Write) {
-                Err(e) if e.kind() != io::ErrorKind::NotConnected => return Err(e),
-                _ => return Ok(()),
-            },
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        let mut written = 0;
-        while written < n {
-            to.writable().await?;
-            match to.try_write(&buf[written..n]) {
-                Ok(k) => {
-                    written += k;
-                    meter.touch();
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+        // A buffer only while data flows: an idle connection holds none.
+        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+        loop {
+            buf.clear();
+            match from.try_read_buf(&mut buf) {
+                Ok(0) => return half_close(to),
+                Ok(_) => write_all(to, &buf, tally).await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
         }
-        bytes.fetch_add(n as u64, Relaxed);
-        total.increment(n as u64);
     }
+}
+
+async fn write_all(to: &TcpStream, mut data: &[u8], tally: &Tally<'_>) -> io::Result<()> {
+    while !data.is_empty() {
+        to.writable().await?;
+        match to.try_write(data) {
+            Ok(n) => {
+                data = &data[n..];
+                tally.moved(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -99,7 +99,15 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
     let _ = backend.set_nodelay(true);
     let started = Instant::now();
     let drained = ctx.drained(&lease);
-    let transfer = forward(&client, &backend, config.idle_timeout, &ctx.metrics, drained).await;
+    let transfer = forward(
+        &client,
+        &backend,
+        config.idle_timeout,
+        config.splice,
+        &ctx.metrics,
+        drained,
+    )
+    .await;
     let duration = started.elapsed();
     ctx.metrics.duration.record(duration.as_secs_f64());
     let ended = match &transfer.end {

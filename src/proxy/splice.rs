@@ -1,0 +1,147 @@
+//! Linux zero-copy forwarding: splice(2) from the source socket into a pipe
+//! and from the pipe into the destination socket, so the bytes never enter
+//! user space. Driven by tokio readiness (`readable` / `writable` + `try_io`)
+//! like the copy path, with the same half-close and byte counting.
+//!
+//! A pipe is taken from a bounded pool only once data is ready, and given
+//! back (empty) as soon as the source has nothing more to read, so an idle
+//! connection holds no pipe. When no pipe can be had, or the socket cannot
+//! be spliced, the direction falls back to copying.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::{Tally, copy, half_close};
+
+/// Empty pipes kept for reuse.
+const POOL_MAX: usize = 256;
+/// Pipes open at once (two descriptors each); beyond this, copy instead.
+const PIPES_MAX: usize = 8192;
+/// Bytes moved per splice: the default pipe capacity.
+const SPLICE_CHUNK: usize = 64 * 1024;
+
+static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+static PIPES_OPEN: AtomicUsize = AtomicUsize::new(0);
+
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    /// A pipe from the pool, or a new one while under [`PIPES_MAX`].
+    fn take() -> Option<Pipe> {
+        if let Some(pipe) = POOL.lock().unwrap_or_else(PoisonError::into_inner).pop() {
+            return Some(pipe);
+        }
+        if PIPES_OPEN.fetch_add(1, Relaxed) >= PIPES_MAX {
+            PIPES_OPEN.fetch_sub(1, Relaxed);
+            return None;
+        }
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` is a valid array of two descriptors for pipe2 to fill.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            PIPES_OPEN.fetch_sub(1, Relaxed);
+            return None;
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and ours alone.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Some(Pipe { read, write })
+    }
+
+    /// Returns an empty pipe to the pool (or closes it when the pool is full).
+    fn give_back(self) {
+        let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < POOL_MAX {
+            pool.push(self);
+        }
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        PIPES_OPEN.fetch_sub(1, Relaxed);
+    }
+}
+
+/// One splice(2) call, non-blocking, moving at most `len` bytes.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+    // SAFETY: both descriptors are open for the duration of the call; null
+    // offsets are required for sockets and pipes.
+    let n = unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, flags) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// How a burst of pumping ended.
+enum Pumped {
+    /// The source has nothing more for now; the pipe is empty.
+    Idle,
+    /// The source closed its write side; the pipe is empty.
+    Eof,
+    /// This socket cannot be spliced; nothing was lost, copy instead.
+    Unsupported,
+}
+
+/// Forwards `from` → `to` through pipes until EOF, then half-closes `to`.
+pub async fn forward(from: &TcpStream, to: &TcpStream, tally: &Tally<'_>) -> io::Result<()> {
+    loop {
+        from.readable().await?;
+        let Some(pipe) = Pipe::take() else {
+            return copy(from, to, tally).await;
+        };
+        match pump(from, to, &pipe, tally).await? {
+            Pumped::Idle => pipe.give_back(),
+            Pumped::Eof => {
+                pipe.give_back();
+                return half_close(to);
+            }
+            Pumped::Unsupported => {
+                pipe.give_back();
+                return copy(from, to, tally).await;
+            }
+        }
+    }
+}
+
+/// Moves data while the source has some. On error the pipe may hold data,
+/// so it is dropped rather than given back.
+async fn pump(from: &TcpStream, to: &TcpStream, pipe: &Pipe, tally: &Tally<'_>) -> io::Result<Pumped> {
+    let (source, sink) = (from.as_raw_fd(), to.as_raw_fd());
+    loop {
+        // The pipe is empty here, so EAGAIN can only mean the socket is drained.
+        let filled = from.try_io(Interest::READABLE, || {
+            splice(source, pipe.write.as_raw_fd(), SPLICE_CHUNK)
+        });
+        let mut in_pipe = match filled {
+            Ok(0) => return Ok(Pumped::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Pumped::Idle),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Pumped::Unsupported),
+            Err(e) => return Err(e),
+        };
+        while in_pipe > 0 {
+            to.writable().await?;
+            // The pipe holds data here, so EAGAIN means the socket is full.
+            match to.try_io(Interest::WRITABLE, || {
+                splice(pipe.read.as_raw_fd(), sink, in_pipe)
+            }) {
+                Ok(n) => {
+                    in_pipe -= n;
+                    tally.moved(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
