@@ -19,7 +19,12 @@ use std::time::Duration;
 
 use metrics::Counter;
 use socket2::SockRef;
-use tokio::net::TcpStream;
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::net::TcpStream as StdTcpStream;
+
+use tokio::io::Ready;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::time::{Instant, sleep_until};
 
 use tokio_util::sync::CancellationToken;
@@ -80,8 +85,12 @@ impl Drop for Lease {
     }
 }
 
-/// Bytes moved per read; the same as HAProxy's default buffer.
-const CHUNK: usize = 16 * 1024;
+/// Bytes moved per read.
+const CHUNK: usize = 64 * 1024;
+
+/// A TCP socket driven through tokio's readiness guards, which let the
+/// forwarding loops skip reads that would only return EAGAIN.
+pub type Sock = AsyncFd<StdTcpStream>;
 
 /// How a forwarded connection ended.
 #[derive(Debug)]
@@ -126,8 +135,8 @@ impl Meter {
 /// Forwards between `client` and `backend` until both directions have ended,
 /// one fails, nothing moves for `idle`, or `drained` resolves.
 pub async fn forward(
-    client: &TcpStream,
-    backend: &TcpStream,
+    client: &Sock,
+    backend: &Sock,
     idle: Duration,
     zero_copy: bool,
     metrics: &ListenerMetrics,
@@ -169,7 +178,7 @@ pub async fn forward(
             Err(e) => {
                 // Pass the abort on: a reset, not a clean FIN, on both sides.
                 for stream in [client, backend] {
-                    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+                    let _ = SockRef::from(stream.get_ref()).set_linger(Some(Duration::ZERO));
                 }
                 End::Error(e)
             }
@@ -200,15 +209,28 @@ impl Tally<'_> {
 }
 
 /// EOF from one side: pass it on as a FIN, keeping the other direction open.
-fn half_close(to: &TcpStream) -> io::Result<()> {
-    match SockRef::from(to).shutdown(Shutdown::Write) {
+fn half_close(to: &Sock) -> io::Result<()> {
+    match SockRef::from(to.get_ref()).shutdown(Shutdown::Write) {
         Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
         _ => Ok(()),
     }
 }
 
+/// After a read that did not fill `buf`, the socket is very likely drained:
+/// forget its readiness now instead of paying a read that returns EAGAIN.
+/// Safe against lost wake-ups: data that arrives later is a new epoll edge,
+/// and tokio only clears readiness it has not seen change since the guard.
+/// A peer's FIN already seen must stay visible, so then nothing is cleared.
+fn drained(ready: &mut ReadGuard<'_>, read: usize, wanted: usize) {
+    if read < wanted && !ready.ready().is_read_closed() {
+        ready.clear_ready_matching(Ready::READABLE);
+    }
+}
+
+type ReadGuard<'a> = AsyncFdReadyGuard<'a, StdTcpStream>;
+
 /// One direction, zero-copy where the platform and the listener allow.
-async fn direction(from: &TcpStream, to: &TcpStream, tally: Tally<'_>, zero_copy: bool) -> io::Result<()> {
+async fn direction(from: &Sock, to: &Sock, tally: Tally<'_>, zero_copy: bool) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     if zero_copy {
         return splice::forward(from, to, &tally).await;
@@ -217,34 +239,67 @@ async fn direction(from: &TcpStream, to: &TcpStream, tally: Tally<'_>, zero_copy
     copy(from, to, &tally).await
 }
 
+thread_local! {
+    /// Each worker's copy buffer, used without an await in between, so no
+    /// connection ever holds one.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; CHUNK].into_boxed_slice());
+}
+
+/// What one read-and-write burst left to do.
+enum Burst {
+    More,
+    Eof,
+    /// The destination is full: these bytes wait for it.
+    Backlog(Vec<u8>),
+}
+
 /// Copies `from` → `to` through user space until EOF, then half-closes `to`.
-async fn copy(from: &TcpStream, to: &TcpStream, tally: &Tally<'_>) -> io::Result<()> {
+async fn copy(from: &Sock, to: &Sock, tally: &Tally<'_>) -> io::Result<()> {
     loop {
-        from.readable().await?;
-        // A buffer only while data flows: an idle connection holds none.
-        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
-        loop {
-            buf.clear();
-            match from.try_read_buf(&mut buf) {
-                Ok(0) => return half_close(to),
-                Ok(_) => write_all(to, &buf, tally).await?,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
+        let mut ready = from.readable().await?;
+        let burst = SCRATCH.with_borrow_mut(|buf| relay(&mut ready, to, buf, tally))?;
+        drop(ready);
+        match burst {
+            Burst::More => {}
+            Burst::Eof => return half_close(to),
+            Burst::Backlog(rest) => write_all(to, &rest, tally).await?,
         }
     }
 }
 
-async fn write_all(to: &TcpStream, mut data: &[u8], tally: &Tally<'_>) -> io::Result<()> {
-    while !data.is_empty() {
-        to.writable().await?;
-        match to.try_write(data) {
-            Ok(n) => {
-                data = &data[n..];
-                tally.moved(n);
+/// Reads once into `buf` and writes it on at once, as far as `to` takes it.
+fn relay(ready: &mut ReadGuard<'_>, to: &Sock, buf: &mut [u8], tally: &Tally<'_>) -> io::Result<Burst> {
+    let n = match ready.try_io(|fd| (&*fd.get_ref()).read(buf)) {
+        Ok(result) => result?,
+        Err(_would_block) => return Ok(Burst::More),
+    };
+    if n == 0 {
+        return Ok(Burst::Eof);
+    }
+    drained(ready, n, buf.len());
+    let mut sent = 0;
+    while sent < n {
+        match (&*to.get_ref()).write(&buf[sent..n]) {
+            Ok(k) => {
+                sent += k;
+                tally.moved(k);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Ok(Burst::Backlog(buf[sent..n].to_vec()));
+            }
             Err(e) => return Err(e),
+        }
+    }
+    Ok(Burst::More)
+}
+
+async fn write_all(to: &Sock, mut data: &[u8], tally: &Tally<'_>) -> io::Result<()> {
+    while !data.is_empty() {
+        let mut ready = to.writable().await?;
+        if let Ok(written) = ready.try_io(|fd| (&*fd.get_ref()).write(data)) {
+            let n = written?;
+            data = &data[n..];
+            tally.moved(n);
         }
     }
     Ok(())

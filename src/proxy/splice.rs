@@ -1,7 +1,7 @@
 //! Linux zero-copy forwarding: splice(2) from the source socket into a pipe
 //! and from the pipe into the destination socket, so the bytes never enter
-//! user space. Driven by tokio readiness (`readable` / `writable` + `try_io`)
-//! like the copy path, with the same half-close and byte counting.
+//! user space. Driven by tokio readiness guards like the copy path, with the
+//! same half-close, byte counting and skipped EAGAIN reads.
 //!
 //! A pipe is taken from a bounded pool only once data is ready, and given
 //! back (empty) as soon as the source has nothing more to read, so an idle
@@ -13,10 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
 
-use tokio::io::Interest;
-use tokio::net::TcpStream;
-
-use super::{Tally, copy, half_close};
+use super::{ReadGuard, Sock, Tally, copy, drained, half_close};
 
 /// Empty pipes kept for reuse.
 const POOL_MAX: usize = 256;
@@ -82,25 +79,24 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-/// How a burst of pumping ended.
-enum Pumped {
-    /// The source has nothing more for now; the pipe is empty.
-    Idle,
-    /// The source closed its write side; the pipe is empty.
-    Eof,
-    /// This socket cannot be spliced; nothing was lost, copy instead.
-    Unsupported,
-}
-
 /// Forwards `from` → `to` through pipes until EOF, then half-closes `to`.
-pub async fn forward(from: &TcpStream, to: &TcpStream, tally: &Tally<'_>) -> io::Result<()> {
+pub async fn forward(from: &Sock, to: &Sock, tally: &Tally<'_>) -> io::Result<()> {
     loop {
-        from.readable().await?;
+        let mut ready = from.readable().await?;
         let Some(pipe) = Pipe::take() else {
+            drop(ready);
             return copy(from, to, tally).await;
         };
-        match pump(from, to, &pipe, tally).await? {
-            Pumped::Idle => pipe.give_back(),
+        let pumped = pump(&mut ready, to, &pipe, tally);
+        drop(ready);
+        match pumped? {
+            Pumped::Again => pipe.give_back(),
+            Pumped::Stuck(in_pipe) => {
+                let drained = drain(to, &pipe, in_pipe, tally).await;
+                // On error the pipe may still hold data: closed, not reused.
+                drained?;
+                pipe.give_back();
+            }
             Pumped::Eof => {
                 pipe.give_back();
                 return half_close(to);
@@ -113,35 +109,57 @@ pub async fn forward(from: &TcpStream, to: &TcpStream, tally: &Tally<'_>) -> io:
     }
 }
 
-/// Moves data while the source has some. On error the pipe may hold data,
-/// so it is dropped rather than given back.
-async fn pump(from: &TcpStream, to: &TcpStream, pipe: &Pipe, tally: &Tally<'_>) -> io::Result<Pumped> {
-    let (source, sink) = (from.as_raw_fd(), to.as_raw_fd());
-    loop {
-        // The pipe is empty here, so EAGAIN can only mean the socket is drained.
-        let filled = from.try_io(Interest::READABLE, || {
-            splice(source, pipe.write.as_raw_fd(), SPLICE_CHUNK)
-        });
-        let mut in_pipe = match filled {
-            Ok(0) => return Ok(Pumped::Eof),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Pumped::Idle),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Pumped::Unsupported),
-            Err(e) => return Err(e),
-        };
-        while in_pipe > 0 {
-            to.writable().await?;
-            // The pipe holds data here, so EAGAIN means the socket is full.
-            match to.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_raw_fd(), sink, in_pipe)
-            }) {
-                Ok(n) => {
-                    in_pipe -= n;
-                    tally.moved(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+/// How one fill-and-drain burst ended.
+enum Pumped {
+    /// The pipe is empty; wait for the source again.
+    Again,
+    /// The destination is full with this many bytes still in the pipe.
+    Stuck(usize),
+    /// The source closed its write side; the pipe is empty.
+    Eof,
+    /// This socket cannot be spliced; nothing was lost, copy instead.
+    Unsupported,
+}
+
+/// Fills the empty pipe from the source once and drains it into `to` as far
+/// as `to` takes it now, without waiting.
+fn pump(ready: &mut ReadGuard<'_>, to: &Sock, pipe: &Pipe, tally: &Tally<'_>) -> io::Result<Pumped> {
+    // The pipe is empty here, so EAGAIN can only mean the socket is drained.
+    let source = ready.get_ref().as_raw_fd();
+    let filled = match ready.try_io(|_| splice(source, pipe.write.as_raw_fd(), SPLICE_CHUNK)) {
+        Ok(result) => result,
+        Err(_would_block) => return Ok(Pumped::Again),
+    };
+    let mut in_pipe = match filled {
+        Ok(0) => return Ok(Pumped::Eof),
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Pumped::Unsupported),
+        Err(e) => return Err(e),
+    };
+    drained(ready, in_pipe, SPLICE_CHUNK);
+    while in_pipe > 0 {
+        match splice(pipe.read.as_raw_fd(), to.as_raw_fd(), in_pipe) {
+            Ok(n) => {
+                in_pipe -= n;
+                tally.moved(n);
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Pumped::Stuck(in_pipe)),
+            Err(e) => return Err(e),
         }
     }
+    Ok(Pumped::Again)
+}
+
+/// Empties the pipe into `to`, waiting for room as needed.
+async fn drain(to: &Sock, pipe: &Pipe, mut in_pipe: usize, tally: &Tally<'_>) -> io::Result<()> {
+    while in_pipe > 0 {
+        let mut ready = to.writable().await?;
+        // The pipe holds data here, so EAGAIN means the socket is full.
+        if let Ok(moved) = ready.try_io(|fd| splice(pipe.read.as_raw_fd(), fd.as_raw_fd(), in_pipe)) {
+            let n = moved?;
+            in_pipe -= n;
+            tally.moved(n);
+        }
+    }
+    Ok(())
 }

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use arc_swap::ArcSwap;
 
-use super::{Context, End, Lease, forward};
+use super::{Context, End, Lease, Sock, forward};
 use crate::balancer::Member;
 
 /// Distinct backends tried for one client before giving up.
@@ -97,6 +97,13 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
     };
     let lease = Lease::new(&member);
     let _ = backend.set_nodelay(true);
+    let (client, backend) = match (guarded(client), guarded(backend)) {
+        (Ok(client), Ok(backend)) => (client, backend),
+        (Err(e), _) | (_, Err(e)) => {
+            warn!(listener = name, %peer, error = %e, "cannot register the connection");
+            return;
+        }
+    };
     let started = Instant::now();
     let drained = ctx.drained(&lease);
     let transfer = forward(
@@ -123,6 +130,13 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
     } else {
         debug!(listener = name, client = %peer, %backend, up, down, ?duration, ended, "connection ended");
     }
+}
+
+/// Moves a stream under a readiness guard (see [`Sock`]).
+fn guarded(stream: TcpStream) -> std::io::Result<Sock> {
+    // SAFETY: a std TcpStream owns its descriptor, which stays open and the
+    // same for as long as the AsyncFd holds the stream.
+    unsafe { Sock::register(stream.into_std()?) }.map_err(std::io::Error::from)
 }
 
 /// Connects to up to [`MAX_ATTEMPTS`] distinct backends in turn.
