@@ -269,7 +269,7 @@ async fn copy(from: &Sock, to: &Sock, tally: &Tally<'_>) -> io::Result<()> {
 
 /// Reads once into `buf` and writes it on at once, as far as `to` takes it.
 fn relay(ready: &mut ReadGuard<'_>, to: &Sock, buf: &mut [u8], tally: &Tally<'_>) -> io::Result<Burst> {
-    let n = match ready.try_io(|fd| (&*fd.get_ref()).read(buf)) {
+    let n = match ready.try_io(|fd| fd.get_ref().read(buf)) {
         Ok(result) => result?,
         Err(_would_block) => return Ok(Burst::More),
     };
@@ -279,7 +279,7 @@ fn relay(ready: &mut ReadGuard<'_>, to: &Sock, buf: &mut [u8], tally: &Tally<'_>
     drained(ready, n, buf.len());
     let mut sent = 0;
     while sent < n {
-        match (&*to.get_ref()).write(&buf[sent..n]) {
+        match to.get_ref().write(&buf[sent..n]) {
             Ok(k) => {
                 sent += k;
                 tally.moved(k);
@@ -296,7 +296,7 @@ fn relay(ready: &mut ReadGuard<'_>, to: &Sock, buf: &mut [u8], tally: &Tally<'_>
 async fn write_all(to: &Sock, mut data: &[u8], tally: &Tally<'_>) -> io::Result<()> {
     while !data.is_empty() {
         let mut ready = to.writable().await?;
-        if let Ok(written) = ready.try_io(|fd| (&*fd.get_ref()).write(data)) {
+        if let Ok(written) = ready.try_io(|fd| fd.get_ref().write(data)) {
             let n = written?;
             data = &data[n..];
             tally.moved(n);
