@@ -328,15 +328,34 @@ fn carbon(dir: &Path, port: u16) -> Proc {
     Proc(child)
 }
 
-#[test]
-fn metric_line_through_sluice_lands_in_carbons_whisper_file() {
+/// carbon-cache registered as "graphite" in its own Consul DNS stand-in,
+/// behind sluice with the shorthand `listener`; everything lives until dropped.
+struct Graphite {
+    _dns: ConsulDns,
+    dir: tempfile::TempDir,
+    _carbon: Proc,
+    sluice: Sluice,
+}
+
+fn graphite_behind_sluice(listener: &str) -> Graphite {
     let dns = ConsulDns::start();
     let dir = tempfile::tempdir().unwrap();
     let carbon_port = free_port();
-    let _carbon = carbon(dir.path(), carbon_port);
+    let carbon = carbon(dir.path(), carbon_port);
     dns.add("graphite", "carbon1", carbon_port);
-    let sluice = Sluice::start(&["--dns", &dns.addr(), "127.0.0.1:0:graphite"], 1);
+    let sluice = Sluice::start(&["--dns", &dns.addr(), listener], 1);
     sluice.wait_for_log("backends changed");
+    Graphite {
+        _dns: dns,
+        dir,
+        _carbon: carbon,
+        sluice,
+    }
+}
+
+#[test]
+fn metric_line_through_sluice_lands_in_carbons_whisper_file() {
+    let Graphite { dir, sluice, .. } = &graphite_behind_sluice("127.0.0.1:0:graphite");
 
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let mut stream = TcpStream::connect(sluice.addrs[0]).unwrap();
@@ -379,13 +398,7 @@ fn wait_for_whisper(carbon_dir: &Path, metric: &str, time: u64, value: u32) {
 
 #[test]
 fn metric_datagram_through_sluice_lands_in_carbons_whisper_file() {
-    let dns = ConsulDns::start();
-    let dir = tempfile::tempdir().unwrap();
-    let carbon_port = free_port();
-    let _carbon = carbon(dir.path(), carbon_port);
-    dns.add("graphite", "carbon1", carbon_port);
-    let sluice = Sluice::start(&["--dns", &dns.addr(), "127.0.0.1:0/udp:graphite"], 1);
-    sluice.wait_for_log("backends changed");
+    let Graphite { dir, sluice, .. } = &graphite_behind_sluice("127.0.0.1:0/udp:graphite");
 
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -31,6 +31,7 @@ pub const LABEL_DIRECTION: &str = "direction";
 pub const LABEL_QUERY: &str = "query";
 pub const LABEL_RESULT: &str = "result";
 pub const LABEL_STATE: &str = "state";
+pub const LABEL_VERSION: &str = "version";
 
 /// Connection durations span milliseconds (a PING) to hours (a pooled client).
 const DURATION_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0];
@@ -93,11 +94,12 @@ impl Metrics {
                 let (key, help) = (KeyName::from(*name), SharedString::from(*help));
                 r.describe_counter(key, None, help);
             }
-            let version = [(LABEL_VERSION, env!("CARGO_PKG_VERSION"))];
-            r.register_gauge(&Key::from_parts(BUILD_INFO, labels(&version)), &METADATA)
-                .set(1.0);
         }
-        Metrics { recorder }
+        let metrics = Metrics { recorder };
+        metrics
+            .gauge(BUILD_INFO, &[(LABEL_VERSION, env!("CARGO_PKG_VERSION"))])
+            .set(1.0);
+        metrics
     }
 
     fn counter(&self, name: &'static str, pairs: &[(&'static str, &str)]) -> Counter {
@@ -107,31 +109,37 @@ impl Metrics {
         }
     }
 
+    fn gauge(&self, name: &'static str, pairs: &[(&'static str, &str)]) -> Gauge {
+        match &self.recorder {
+            Some(r) => r.register_gauge(&Key::from_parts(name, labels(pairs)), &METADATA),
+            None => Gauge::noop(),
+        }
+    }
+
+    fn histogram(&self, name: &'static str, pairs: &[(&'static str, &str)]) -> Histogram {
+        match &self.recorder {
+            Some(r) => r.register_histogram(&Key::from_parts(name, labels(pairs)), &METADATA),
+            None => Histogram::noop(),
+        }
+    }
+
     pub fn listener(&self, listener: &str) -> ListenerMetrics {
         let l = (LABEL_LISTENER, listener);
-        let histogram = match &self.recorder {
-            Some(r) => r.register_histogram(&Key::from_parts(CONNECTION_DURATION, labels(&[l])), &METADATA),
-            None => Histogram::noop(),
-        };
         ListenerMetrics {
             connections: self.counter(LISTENER_CONNECTIONS_TOTAL, &[l]),
             bytes_up: self.counter(BYTES_TOTAL, &[l, (LABEL_DIRECTION, "client_to_backend")]),
             bytes_down: self.counter(BYTES_TOTAL, &[l, (LABEL_DIRECTION, "backend_to_client")]),
-            duration: histogram,
+            duration: self.histogram(CONNECTION_DURATION, &[l]),
         }
     }
 
     pub fn query(&self, query: &str) -> QueryMetrics {
         let q = (LABEL_QUERY, query);
-        let last_success = match &self.recorder {
-            Some(r) => r.register_gauge(&Key::from_parts(DISCOVERY_LAST_SUCCESS, labels(&[q])), &METADATA),
-            None => Gauge::noop(),
-        };
         QueryMetrics {
             ok: self.counter(DISCOVERY_LOOKUPS_TOTAL, &[q, (LABEL_RESULT, "ok")]),
             error: self.counter(DISCOVERY_LOOKUPS_TOTAL, &[q, (LABEL_RESULT, "error")]),
             empty: self.counter(DISCOVERY_LOOKUPS_TOTAL, &[q, (LABEL_RESULT, "empty")]),
-            last_success,
+            last_success: self.gauge(DISCOVERY_LAST_SUCCESS, &[q]),
         }
     }
 
@@ -155,8 +163,6 @@ impl Metrics {
         out
     }
 }
-
-const LABEL_VERSION: &str = "version";
 
 /// A metric family rendered from live state at scrape time.
 pub struct LiveFamily {

@@ -265,6 +265,38 @@ impl Relay {
         self.table.put(client, flow);
         true
     }
+
+    /// Fire-and-forget: the datagram to the next backend, no state per client.
+    async fn spread(&mut self, client: SocketAddr, data: &[u8]) {
+        let ctx = &self.ctx;
+        let Some(pool) = ctx.upstream.pool(ctx.config.connect_timeout).await else {
+            return;
+        };
+        let Some(member) = ctx.upstream.balancer.pick(&pool, client.ip(), &[]) else {
+            return;
+        };
+        let family = usize::from(member.addr().is_ipv6());
+        if self.senders[family].is_none() {
+            let local: SocketAddr = if family == 1 {
+                (Ipv6Addr::UNSPECIFIED, 0).into()
+            } else {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            };
+            match UdpSocket::bind(local).await {
+                Ok(s) => self.senders[family] = Some(s),
+                Err(e) => {
+                    warn!(listener = %ctx.config.name, error = %e, "cannot open a UDP socket");
+                    return;
+                }
+            }
+        }
+        if let Some(sender) = &self.senders[family] {
+            if send_now(sender, data, Some(member.addr())).is_ok() {
+                member.stats.total.fetch_add(1, Relaxed);
+                ctx.metrics.bytes_up.increment(data.len() as u64);
+            }
+        }
+    }
 }
 
 /// One non-blocking send, straight to the kernel. tokio's `try_send` would
@@ -331,38 +363,4 @@ async fn replies(
         }
     };
     let _ = ended.send((client, id, end));
-}
-
-impl Relay {
-    /// Fire-and-forget: the datagram to the next backend, no state per client.
-    async fn spread(&mut self, client: SocketAddr, data: &[u8]) {
-        let ctx = &self.ctx;
-        let Some(pool) = ctx.upstream.pool(ctx.config.connect_timeout).await else {
-            return;
-        };
-        let Some(member) = ctx.upstream.balancer.pick(&pool, client.ip(), &[]) else {
-            return;
-        };
-        let family = usize::from(member.addr().is_ipv6());
-        if self.senders[family].is_none() {
-            let local: SocketAddr = if family == 1 {
-                (Ipv6Addr::UNSPECIFIED, 0).into()
-            } else {
-                (Ipv4Addr::UNSPECIFIED, 0).into()
-            };
-            match UdpSocket::bind(local).await {
-                Ok(s) => self.senders[family] = Some(s),
-                Err(e) => {
-                    warn!(listener = %ctx.config.name, error = %e, "cannot open a UDP socket");
-                    return;
-                }
-            }
-        }
-        if let Some(sender) = &self.senders[family] {
-            if send_now(sender, data, Some(member.addr())).is_ok() {
-                member.stats.total.fetch_add(1, Relaxed);
-                ctx.metrics.bytes_up.increment(data.len() as u64);
-            }
-        }
-    }
 }
