@@ -105,6 +105,17 @@ pub enum End {
     Error(io::Error),
 }
 
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Closed => f.write_str("closed"),
+            End::Idle => f.write_str("idle timeout"),
+            End::Drained => f.write_str("drained"),
+            End::Error(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
 /// What [`forward`] did.
 #[derive(Debug)]
 pub struct Transfer {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
@@ -14,9 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use arc_swap::ArcSwap;
-
-use super::{Context, End, Lease, Sock, forward};
+use super::{Context, Lease, Sock, forward};
 use crate::balancer::Member;
 
 /// Distinct backends tried for one client before giving up.
@@ -24,7 +23,7 @@ const MAX_ATTEMPTS: usize = 3;
 /// Pause after a failed accept (EMFILE, ENFILE, ...) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Accepts until `shutdown`, at most `max_connections` open at once (later
+/// Accepts until `stop`, at most `max_connections` open at once (later
 /// clients wait in the kernel's backlog). Accept errors never end the loop.
 ///
 /// Each connection takes the context current when it arrives, so a reload
@@ -37,7 +36,6 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let name = current.load().config.name.clone();
-    let shutdown = stop;
     let mut accept_failing = false;
     loop {
         let permit = tokio::select! {
@@ -45,7 +43,7 @@ pub async fn serve(
                 Ok(permit) => permit,
                 Err(_) => break,
             },
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
         };
         let (client, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -60,11 +58,11 @@ pub async fn serve(
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
-                        _ = shutdown.cancelled() => break,
+                        _ = stop.cancelled() => break,
                     }
                 }
             },
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
         };
         let ctx = current.load_full();
         ctx.metrics.connections.increment(1);
@@ -117,18 +115,13 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
     .await;
     let duration = started.elapsed();
     ctx.metrics.duration.record(duration.as_secs_f64());
-    let ended = match &transfer.end {
-        End::Closed => "closed".to_string(),
-        End::Idle => "idle timeout".to_string(),
-        End::Drained => "drained".to_string(),
-        End::Error(e) => format!("error: {e}"),
-    };
+    let ended = &transfer.end;
     let backend = member.addr();
     let (up, down) = (transfer.up, transfer.down);
     if config.access_log {
-        info!(target: "sluice::access", listener = %name, client = %peer, %backend, up, down, ?duration, ended = %ended);
+        info!(target: "sluice::access", listener = %name, client = %peer, %backend, up, down, ?duration, %ended);
     } else {
-        debug!(listener = name, client = %peer, %backend, up, down, ?duration, ended, "connection ended");
+        debug!(listener = name, client = %peer, %backend, up, down, ?duration, %ended, "connection ended");
     }
 }
 
