@@ -108,7 +108,7 @@ def propagate(out_path, marker, *rest):
     split = rest.index("--")
     proxies = dict(p.split("=") for p in rest[:split])
     command = list(rest[split + 1:])
-    request = f"GET sluice_bench_marker\r\n".encode()
+    request = "GET sluice_bench_marker\r\n".encode()
     result = {name: None for name in proxies}
     subprocess.run(command, check=True)
     t0 = time.monotonic()
@@ -179,6 +179,20 @@ def lookups(metrics_url, result):
     print(int(total))
 
 
+def haproxy_sent(sock_path, section):
+    """DNS queries HAProxy has sent for `resolvers SECTION` (stats socket)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock_path)
+        s.sendall(b"show resolvers " + section.encode() + b"\n")
+        text = b""
+        while chunk := s.recv(65536):
+            text += chunk
+    sent = [int(line.split()[1]) for line in text.decode().splitlines() if line.strip().startswith("sent:")]
+    if not sent:
+        sys.exit(f"no resolver counters in: {text!r}")
+    print(sum(sent))
+
+
 # ---------------------------------------------------------------- rendering
 
 
@@ -244,7 +258,7 @@ def render(results_path, out_path):
         ratios = f"{ratio(g(f'sluice.{k1}'), g(f'haproxy.{k1}'))} / {ratio(g(f'sluice.{k2}'), g(f'haproxy.{k2}'))}"
         md.append(f"| {label} | " + " | ".join(cells) + f" | {ratios} |")
 
-    row("redis PING ops/s (50 conns, pipelined 1)", "ping.rps")
+    row("redis PING ops/s (50 connections)", "ping.rps")
     row_pair("redis PING p50 / p99 ms", "ping.p50", "ping.p99")
     row("redis GET ops/s", "get.rps")
     row_pair("redis GET p50 / p99 ms", "get.p50", "get.p99")
@@ -268,6 +282,8 @@ def render(results_path, out_path):
         f"min–max) | {fnum(s_med)} ({spread('sluice')}) | {fnum(h_med)} ({spread('haproxy')}) | "
         f"{ratio(s_med, h_med)} |"
     )
+    s_q, h_q = g("sluice.dns_qps_per_name"), g("haproxy.dns_qps_per_name")
+    md.append(f"| SRV queries per name per second (polling rate) | {fnum(s_q, 2)} | {fnum(h_q, 2)} | {ratio(s_q, h_q)} |")
     md.append(
         f"| {meta.get('scale', '1000×10')} services×instances, refresh 1s: CPU % of one core | "
         f"{fnum(g('scale.cpu_percent'), 1)} | – | – |"
@@ -277,7 +293,9 @@ def render(results_path, out_path):
     md += [
         "",
         "Propagation: the clock starts when nsupdate has returned; probes open a fresh connection through",
-        "each proxy every ~2 ms until one reaches the new redis instance. Both proxies re-resolve every 1 s.",
+        "each proxy every ~2 ms until one reaches the new redis instance; the update lands at a random point",
+        "of the 1 s polling cycles. Polling rate: sluice's from the scale run, HAProxy's from `show resolvers`",
+        "during the propagation rounds.",
         "",
         "## UDP (echo, 8 client flows × 8 datagrams in flight, 64-byte payloads)",
         "",
@@ -296,7 +314,7 @@ def render(results_path, out_path):
         md.append(f"| {label} | " + " | ".join(fnum(v, d) for v in vals) + f" | {ratio(vals[1], vals[2])} |")
     failed = sorted(k for k, v in r.items() if v is None)
     if failed:
-        md += ["", "Not measured (step failed, see the log): " + ", ".join(failed)]
+        md += ["", "Not measured (step failed, see the log): " + ", ".join(k.removeprefix("failed.") for k in failed)]
     text = "\n".join(md) + "\n"
     with open(out_path, "w") as f:
         f.write(text)
@@ -327,6 +345,7 @@ COMMANDS = {
     "scale-nsupdate": scale_nsupdate,
     "scale-config": scale_config,
     "lookups": lookups,
+    "haproxy-sent": haproxy_sent,
     "render": render,
 }
 

@@ -25,7 +25,7 @@ REQUESTS=${REQUESTS:-200000}          # redis-benchmark -n for PING/GET
 CONNS=${CONNS:-50000}                 # redis-benchmark -n for new connections/s
 IPERF_SECONDS=${IPERF_SECONDS:-5}
 IDLE_CONNS=${IDLE_CONNS:-2000}
-PROPAGATION_ROUNDS=${PROPAGATION_ROUNDS:-5}
+PROPAGATION_ROUNDS=${PROPAGATION_ROUNDS:-10}
 SCALE_SERVICES=${SCALE_SERVICES:-1000}
 SCALE_INSTANCES=${SCALE_INSTANCES:-10}
 SCALE_SECONDS=${SCALE_SECONDS:-20}
@@ -37,7 +37,6 @@ HELPERS=$REPO/bench/helpers.py
 NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
-on_proxy_cpu() { taskset -c "$PROXY_CPU" "$@"; }
 on_load_cpu() { taskset -c "$LOAD_CPU" "$@"; }
 helper() { python3 "$HELPERS" "$@"; }
 
@@ -102,6 +101,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# spawn CPU LOG CMD...: start CMD in the background pinned to CPU, output to
+# LOG. taskset execs CMD, so $! is CMD's own pid: SPAWNED, and tracked.
+spawn() {
+  local cpu=$1 out=$2
+  shift 2
+  taskset -c "$cpu" "$@" >"$out" 2>&1 </dev/null &
+  SPAWNED=$!
+  track "$SPAWNED"
+}
+
 # record KEY VALUE: one result, read by `helpers.py render`.
 record() { printf '%s\t%s\n' "$1" "$2" >>"$RESULTS"; }
 
@@ -121,7 +130,7 @@ step() {
 }
 
 # Ports for everything, picked once, below the ephemeral range (see helpers.py).
-read -ra PORTS <<<"$(helper free-ports $((40 + SCALE_SERVICES)))"
+read -ra PORTS <<<"$(helper free-ports $((20 + PROPAGATION_ROUNDS + SCALE_SERVICES)))"
 PORT_INDEX=0
 take_port() { printf -v "$1" '%s' "${PORTS[PORT_INDEX]}"; PORT_INDEX=$((PORT_INDEX + 1)); }
 
@@ -165,13 +174,10 @@ cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 
 start_backends() {
   take_port REDIS_PORT; take_port IPERF_PORT; take_port ECHO_PORT
-  on_load_cpu redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-    --daemonize no --dir "$T" --logfile "$T/redis.log" --maxclients 20000 &
-  track $!
-  on_load_cpu iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT" >"$T/iperf3-server.log" 2>&1 &
-  track $!
-  on_load_cpu "$UDPLOAD" echo "127.0.0.1:$ECHO_PORT" 2>"$T/udpecho.log" &
-  track $!
+  spawn "$LOAD_CPU" "$T/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+    --save '' --appendonly no --daemonize no --dir "$T" --maxclients 10000
+  spawn "$LOAD_CPU" "$T/iperf3-server.log" iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT"
+  spawn "$LOAD_CPU" "$T/udpecho.log" "$UDPLOAD" echo "127.0.0.1:$ECHO_PORT"
   wait_tcp "$REDIS_PORT"; wait_tcp "$IPERF_PORT"
 }
 
@@ -205,9 +211,8 @@ protocol = "udp"
 service = "udpecho"
 EOF
   "$SLUICE" --check --config "$T/sluice.toml"
-  on_proxy_cpu "$SLUICE" --config "$T/sluice.toml" 2>"$T/sluice.log" &
-  SLUICE_PID=$!
-  track "$SLUICE_PID"
+  spawn "$PROXY_CPU" "$T/sluice.log" "$SLUICE" --config "$T/sluice.toml"
+  SLUICE_PID=$SPAWNED
   wait_tcp "$SL_REDIS"
 }
 
@@ -219,7 +224,9 @@ start_haproxy() {
   cat >"$T/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 20000
+    maxconn 6000
+    # only for "show resolvers" (DNS queries sent), read by the propagation step
+    stats socket $T/haproxy.sock mode 600 level admin
 
 defaults
     mode tcp
@@ -227,7 +234,7 @@ defaults
     timeout connect 2s
     timeout client 10m
     timeout server 10m
-    maxconn 20000
+    maxconn 6000
 
 resolvers consul
     nameserver bind 127.0.0.1:$DNS_PORT
@@ -246,9 +253,8 @@ listen iperf
     server-template s 10 _iperf._tcp.service.consul $srv_opts
 EOF
   haproxy -c -q -f "$T/haproxy.cfg"
-  on_proxy_cpu haproxy -db -f "$T/haproxy.cfg" >"$T/haproxy.log" 2>&1 &
-  HAPROXY_PID=$!
-  track "$HAPROXY_PID"
+  spawn "$PROXY_CPU" "$T/haproxy.log" haproxy -db -f "$T/haproxy.cfg"
+  HAPROXY_PID=$SPAWNED
   wait_tcp "$HP_REDIS"
 }
 
@@ -260,12 +266,11 @@ start_nginx() {
   cat >"$T/nginx/nginx.conf" <<EOF
 load_module $NGINX_STREAM_MODULE;
 worker_processes 1;
-worker_rlimit_nofile 65536;
 daemon off;
 pid $T/nginx/nginx.pid;
 error_log $T/nginx/error.log warn;
 
-events { worker_connections 20000; }
+events { worker_connections 8000; }
 
 stream {
     proxy_connect_timeout 2s;
@@ -288,9 +293,8 @@ stream {
 }
 EOF
   nginx -q -t -p "$T/nginx" -e "$T/nginx/error.log" -c "$T/nginx/nginx.conf"
-  on_proxy_cpu nginx -p "$T/nginx" -e "$T/nginx/error.log" -c "$T/nginx/nginx.conf" &
-  NGINX_PID=$!
-  track "$NGINX_PID"
+  spawn "$PROXY_CPU" "$T/nginx/stderr.log" nginx -p "$T/nginx" -e "$T/nginx/error.log" -c "$T/nginx/nginx.conf"
+  NGINX_PID=$SPAWNED
   wait_tcp "$NG_REDIS"
 }
 
@@ -336,9 +340,8 @@ measure_iperf() {
 measure_idle_rss() {
   local name=$1 port=$2 pid=$3 before after ready=$T/idle-$1.ready probe
   before=$(rss_kb "$pid")
-  on_load_cpu python3 "$HELPERS" idle-conns "$port" "$IDLE_CONNS" "$ready" &
-  probe=$!
-  track "$probe"
+  spawn "$LOAD_CPU" "$T/idle-$name.log" python3 "$HELPERS" idle-conns "$port" "$IDLE_CONNS" "$ready"
+  probe=$SPAWNED
   for _ in $(seq 600); do [ -s "$ready" ] && break; kill -0 "$probe" || break; sleep 0.1; done
   [ -s "$ready" ] || { echo "idle connections not established" >&2; return 1; }
   sleep 1  # let the proxy settle (lazy allocations, freed handshake buffers)
@@ -356,15 +359,19 @@ measure_idle_rss() {
 # proxies with fresh connections until each lands on the new instance.
 measure_propagation() {
   mkdir -p "$T/propagation"
-  local round port stats
+  local round port stats jitter q0 q1 t0 t1
+  q0=$(helper haproxy-sent "$T/haproxy.sock" consul); t0=$(date +%s.%N)
   for round in $(seq "$PROPAGATION_ROUNDS"); do
     port=${PROPAGATION_PORTS[round - 1]}
-    on_load_cpu redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-      --daemonize no --dir "$T" --logfile "$T/redis-$port.log" &
-    local rpid=$!
-    track "$rpid"
+    spawn "$LOAD_CPU" "$T/redis-$port.log" redis-server --port "$port" --bind 127.0.0.1 \
+      --save '' --appendonly no --daemonize no --dir "$T"
+    local rpid=$SPAWNED
     wait_tcp "$port"
     redis-cli -p "$port" set sluice_bench_marker "new-$port" >/dev/null
+    # A random 0-1 s pause, so that the update falls at a random point of the
+    # proxies' 1 s polling cycles rather than at the same one every round.
+    printf -v jitter '0.%03d' $((RANDOM % 1000))
+    sleep "$jitter"
     helper propagate "$T/propagation/$round.json" "new-$port" sluice="$SL_REDIS" haproxy="$HP_REDIS" \
       -- integration/consul-dns.sh add "$T/dns" redis "extra$round" 127.0.0.1 "$port"
     echo "   round $round: $(cat "$T/propagation/$round.json")" >&2
@@ -373,6 +380,11 @@ measure_propagation() {
     sleep 2.5
     kill "$rpid"; wait "$rpid" 2>/dev/null || true
   done
+  # HAProxy's own polling rate, to compare with sluice's (scale step): SRV
+  # queries per name per second, over its two names (redis, iperf).
+  q1=$(helper haproxy-sent "$T/haproxy.sock" consul); t1=$(date +%s.%N)
+  record haproxy.dns_qps_per_name "$(awk -v q="$((q1 - q0))" -v t0="$t0" -v t1="$t1" \
+    'BEGIN {printf "%.2f", q / 2 / (t1 - t0)}')"
   for name in sluice haproxy; do
     stats=$(helper propagation-stats "$T/propagation" "$name")
     read -r median min max <<<"$stats"
@@ -396,9 +408,8 @@ measure_scale() {
 
   helper scale-config "$DNS_PORT" "$metrics_port" "${ports[@]}" >"$T/scale.toml"
   "$SLUICE" --check --config "$T/scale.toml"
-  on_proxy_cpu "$SLUICE" --config "$T/scale.toml" 2>"$T/scale.log" &
-  local pid=$!
-  track "$pid"
+  spawn "$PROXY_CPU" "$T/scale.log" "$SLUICE" --config "$T/scale.toml"
+  local pid=$SPAWNED
   wait_tcp "$metrics_port"; wait_tcp "${ports[last]}"
   sleep 5  # first lookups of every service, allocations settle
   local url=http://127.0.0.1:$metrics_port/metrics hz t0 t1 c0 c1 l0 l1
@@ -412,16 +423,19 @@ measure_scale() {
     'BEGIN {printf "%.2f", 100 * c / hz / (t1 - t0)}')"
   record scale.lookups_per_sec "$(awk -v l="$((l1 - l0))" -v t0="$t0" -v t1="$t1" \
     'BEGIN {printf "%.0f", l / (t1 - t0)}')"
+  record sluice.dns_qps_per_name "$(awk -v l="$((l1 - l0))" -v t0="$t0" -v t1="$t1" -v n="$SCALE_SERVICES" \
+    'BEGIN {printf "%.2f", l / n / (t1 - t0)}')"
   record scale.rss_mb "$(awk -v k="$(rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')"
   kill "$pid"
 }
 
 # g. UDP echo through the proxy: 8 flows, 8 datagrams in flight each.
 measure_udp() {
-  local name=$1 port=$2 out=$T/udp-$1.json row dps p50 p99 lost
+  local name=$1 port=$2 out=$T/udp-$1.json row dps p50 p99 lost received
   on_load_cpu "$UDPLOAD" load "127.0.0.1:$port" --clients 8 --window 8 --seconds "$UDP_SECONDS" --size 64 >"$out"
-  row=$(helper json-get "$out" datagrams_per_sec p50_us p99_us lost)
-  read -r dps p50 p99 lost <<<"$row"
+  row=$(helper json-get "$out" datagrams_per_sec p50_us p99_us lost received)
+  read -r dps p50 p99 lost received <<<"$row"
+  [ "$received" -gt 0 ] || { echo "no datagram came back through 127.0.0.1:$port" >&2; return 1; }
   record "$name.udp.dps" "$dps"; record "$name.udp.p50_us" "$p50"
   record "$name.udp.p99_us" "$p99"; record "$name.udp.lost" "$lost"
 }
@@ -448,8 +462,9 @@ record_meta() {
 
 install_deps
 build
-# 2000 idle connections, 50 × 4 benchmark clients, 1000 listeners: lift the fd limit
-# for everything started from here on.
+# 2000 idle connections and 1000 listeners need more than the usual 1024 fds;
+# everything started from here on inherits this (the hard limit if lower:
+# HAProxy maxconn 6000 needs ~15k with splice pipes).
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 log "starting backends, BIND, sluice, HAProxy, nginx (temp dir $T)"
