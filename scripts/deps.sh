@@ -5,7 +5,7 @@
 # components for fmt/clippy. Idempotent: installs only what is missing.
 set -euo pipefail
 
-packages=(bind9 bind9-dnsutils redis-server redis-tools graphite-carbon python3-whisper prometheus chromium)
+packages=(bind9 bind9-dnsutils redis-server redis-tools graphite-carbon python3-whisper prometheus chromium procps)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
