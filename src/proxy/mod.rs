@@ -247,7 +247,8 @@ async fn direction(from: &Sock, to: &Sock, tally: Tally<'_>, zero_copy: bool) ->
         return splice::forward(from, to, &tally).await;
     }
     let _ = zero_copy;
-    copy(from, to, &tally).await
+    // Boxed: the splice path is the default, so its future sets the size.
+    Box::pin(copy(from, to, &tally)).await
 }
 
 thread_local! {

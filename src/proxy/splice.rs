@@ -83,9 +83,10 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 pub async fn forward(from: &Sock, to: &Sock, tally: &Tally<'_>) -> io::Result<()> {
     loop {
         let mut ready = from.readable().await?;
+        // The copy fallbacks are rare: boxed, they stay out of every connection's future.
         let Some(pipe) = Pipe::take() else {
             drop(ready);
-            return copy(from, to, tally).await;
+            return Box::pin(copy(from, to, tally)).await;
         };
         let pumped = pump(&mut ready, to, &pipe, tally);
         drop(ready);
@@ -103,7 +104,7 @@ pub async fn forward(from: &Sock, to: &Sock, tally: &Tally<'_>) -> io::Result<()
             }
             Pumped::Unsupported => {
                 pipe.give_back();
-                return copy(from, to, tally).await;
+                return Box::pin(copy(from, to, tally)).await;
             }
         }
     }
