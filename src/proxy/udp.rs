@@ -32,6 +32,9 @@ use tracing::{debug, info, warn};
 
 use super::{Context, Lease};
 
+/// Flows closed at once when no socket can be opened (descriptors exhausted).
+const EVICT_FOR_DESCRIPTORS: usize = 16;
+
 /// Larger than any UDP payload (65507 over IPv4).
 const MAX_DATAGRAM: usize = 65_536;
 
@@ -180,6 +183,17 @@ impl Relay {
         }
     }
 
+    /// Closes the least recently used flow; false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        match self.table.pop_lru() {
+            Some((client, flow)) => {
+                self.close(client, flow, FlowEnd::Idle);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Sends one client datagram through the client's flow, opening one if needed.
     async fn forward(&mut self, client: SocketAddr, data: &[u8]) {
         // One retry: a refusal seen on send opens a flow to another backend.
@@ -228,18 +242,31 @@ impl Relay {
                 }
             },
         };
-        let upstream = match connected_socket(member.addr()).await {
+        if self.table.len() >= ctx.config.udp.max_flows {
+            self.evict_oldest();
+        }
+        let mut opened = connected_socket(member.addr()).await;
+        if opened.is_err() && self.evict_oldest() {
+            // Out of descriptors (max_flows above the fd limit): the oldest flows
+            // give up their sockets, freed once their reply tasks have stopped.
+            for _ in 1..EVICT_FOR_DESCRIPTORS {
+                self.evict_oldest();
+            }
+            tokio::task::yield_now().await;
+            opened = connected_socket(member.addr()).await;
+        }
+        let upstream = match opened {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 member.stats.connect_failures.fetch_add(1, Relaxed);
-                warn!(listener = %ctx.config.name, backend = %member.addr(), error = %e, "cannot open a UDP socket");
+                if !ctx.failing.swap(true, Relaxed) {
+                    warn!(listener = %ctx.config.name, backend = %member.addr(), error = %e, "cannot open UDP sockets, dropping datagrams of new flows");
+                }
                 return false;
             }
         };
-        if self.table.len() >= ctx.config.udp.max_flows {
-            if let Some((old_client, old)) = self.table.pop_lru() {
-                self.close(old_client, old, FlowEnd::Idle);
-            }
+        if ctx.failing.swap(false, Relaxed) {
+            info!(listener = %ctx.config.name, "UDP sockets can be opened again");
         }
         self.next_id += 1;
         let clock = Arc::new(Clock::new());
