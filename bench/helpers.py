@@ -100,6 +100,26 @@ def idle_conns(port, n, ready_file):
         time.sleep(3600)
 
 
+def udp_flood(port, n):
+    """Send one datagram from each of N source addresses (127.3.x.y), waiting
+    up to 0.2 s for its echo: every source becomes a flow in the proxy, paced
+    so none is dropped on the way in. Prints how many were answered."""
+    answered = 0
+    for i in range(int(n)):
+        src = f"127.3.{(i >> 8) & 255}.{i & 255}" if i < 65536 else f"127.4.{(i >> 8) & 255}.{i & 255}"
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((src, 0))
+        s.settimeout(0.2)
+        s.sendto(b"flood", ("127.0.0.1", int(port)))
+        try:
+            s.recv(64)
+            answered += 1
+        except OSError:
+            pass
+        s.close()
+    print(answered)
+
+
 def propagate(out_path, marker, *rest):
     """Run the DNS update command after `--`, then probe every NAME=PORT proxy
     with fresh connections (`GET marker`) until one lands on the new instance,
@@ -312,6 +332,14 @@ def render(results_path, out_path):
     ]:
         vals = [g(f"{t}.{key}") for t in ("direct", "sluice", "nginx")]
         md.append(f"| {label} | " + " | ".join(fnum(v, d) for v in vals) + f" | {ratio(vals[1], vals[2])} |")
+    flows = meta.get("flood_max_flows", "?")
+    md += [
+        "",
+        f"UDP flood: {fnum(g('sluice.flood.sources'))} datagrams from as many source addresses into a sluice",
+        f"listener with max_flows = {flows}: {fnum(g('sluice.flood.answered'))} answered; sluice RSS",
+        f"{fnum(g('sluice.flood.rss_before_mb'), 1)} MB before, {fnum(g('sluice.flood.rss_after_mb'), 1)} MB after",
+        f"({fnum(g('sluice.flood.kb_per_flow'), 2)} KB per tracked flow; the table stays at max_flows).",
+    ]
     failed = sorted(k for k, v in r.items() if v is None)
     if failed:
         md += ["", "Not measured (step failed, see the log): " + ", ".join(k.removeprefix("failed.") for k in failed)]
@@ -335,6 +363,7 @@ def median_ms(path_glob_dir, name):
 
 
 COMMANDS = {
+    "udp-flood": udp_flood,
     "free-ports": lambda n: free_ports(int(n)),
     "redis-csv": redis_csv,
     "iperf-gbps": iperf_gbps,

@@ -30,6 +30,8 @@ SCALE_SERVICES=${SCALE_SERVICES:-1000}
 SCALE_INSTANCES=${SCALE_INSTANCES:-10}
 SCALE_SECONDS=${SCALE_SECONDS:-20}
 UDP_SECONDS=${UDP_SECONDS:-5}
+FLOOD_SOURCES=${FLOOD_SOURCES:-100000}  # distinct UDP sources in the flood step
+FLOOD_MAX_FLOWS=${FLOOD_MAX_FLOWS:-10000}
 
 SLUICE=${SLUICE:-$REPO/target/release/sluice}    # overridable, e.g. to try another build
 UDPLOAD=${UDPLOAD:-$REPO/target/release/examples/udpload}
@@ -191,7 +193,7 @@ start_dns() {
 }
 
 start_sluice() {
-  take_port SL_REDIS; take_port SL_IPERF; take_port SL_UDP
+  take_port SL_REDIS; take_port SL_IPERF; take_port SL_UDP; take_port SL_FLOOD
   cat >"$T/sluice.toml" <<EOF
 dns = "127.0.0.1:$DNS_PORT"
 refresh = "1s"
@@ -209,6 +211,12 @@ service = "iperf"
 bind = "127.0.0.1:$SL_UDP"
 protocol = "udp"
 service = "udpecho"
+
+[listeners.udpflood]
+bind = "127.0.0.1:$SL_FLOOD"
+protocol = "udp"
+service = "udpecho"
+max_flows = $FLOOD_MAX_FLOWS
 EOF
   "$SLUICE" --check --config "$T/sluice.toml"
   spawn "$PROXY_CPU" "$T/sluice.log" "$SLUICE" --config "$T/sluice.toml"
@@ -440,6 +448,21 @@ measure_udp() {
   record "$name.udp.p99_us" "$p99"; record "$name.udp.lost" "$lost"
 }
 
+# h. A flood of UDP sources into one sluice listener: the flow table stays at
+# max_flows and memory with it.
+measure_udp_flood() {
+  local before after answered
+  before=$(rss_kb "$SLUICE_PID")
+  answered=$(on_load_cpu python3 "$HELPERS" udp-flood "$SL_FLOOD" "$FLOOD_SOURCES")
+  after=$(rss_kb "$SLUICE_PID")
+  record sluice.flood.sources "$FLOOD_SOURCES"
+  record sluice.flood.answered "$answered"
+  record sluice.flood.rss_before_mb "$(awk -v b="$before" 'BEGIN {printf "%.1f", b / 1024}')"
+  record sluice.flood.rss_after_mb "$(awk -v a="$after" 'BEGIN {printf "%.1f", a / 1024}')"
+  record sluice.flood.kb_per_flow "$(awk -v a="$after" -v b="$before" -v n="$FLOOD_MAX_FLOWS" \
+    'BEGIN {printf "%.2f", (a - b) / n}')"
+}
+
 record_meta() {
   record meta.date "$(date -u '+%Y-%m-%d %H:%M UTC')"
   record meta.nproc "$(nproc)"
@@ -455,6 +478,7 @@ record_meta() {
   record meta.load_cpu "$LOAD_CPU"
   record meta.propagation_rounds "$PROPAGATION_ROUNDS"
   record meta.scale "$SCALE_SERVICES×$SCALE_INSTANCES"
+  record meta.flood_max_flows "$FLOOD_MAX_FLOWS"
   record meta.params "redis-benchmark -c 50 -n $REQUESTS (new conns: -k 0 -n $CONNS), iperf3 -t $IPERF_SECONDS, $IDLE_CONNS idle connections, scale CPU over ${SCALE_SECONDS}s, UDP ${UDP_SECONDS}s."
 }
 
@@ -496,6 +520,7 @@ for t in "${TARGETS[@]}"; do step "redis PING/GET: $t" measure_redis "$t" "${RED
 for t in "${TARGETS[@]}"; do step "new connections/s: $t" measure_newconn "$t" "${REDIS_AT[$t]}"; done
 for t in "${TARGETS[@]}"; do step "iperf3: $t" measure_iperf "$t" "${IPERF_AT[$t]}"; done
 for t in direct sluice nginx; do step "UDP echo: $t" measure_udp "$t" "${UDP_AT[$t]}"; done
+step "UDP flood: $FLOOD_SOURCES sources" measure_udp_flood
 step "discovery propagation: sluice vs haproxy" measure_propagation
 # Last: it adds SCALE_SERVICES × SCALE_INSTANCES records to the zone.
 step "scale: $SCALE_SERVICES×$SCALE_INSTANCES services, CPU" measure_scale
