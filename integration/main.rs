@@ -503,11 +503,28 @@ fn http_get(addr: &str, path: &str) -> String {
     body.to_string()
 }
 
-/// sluice with the metrics endpoint and access log on, one redis behind it;
-/// also returns the endpoint's address and the log line that announced it.
-fn observed_sluice(dir: &Path, dns: &ConsulDns, extra_args: &[&str]) -> (Sluice, String, String) {
+/// sluice with the metrics endpoint and access log on, one redis (found
+/// through its own Consul DNS stand-in) behind it.
+struct Observed {
+    sluice: Sluice,
+    /// The metrics endpoint, `ip:port`.
+    metrics: String,
+    /// The log line that announced the endpoint.
+    announced: String,
+    redis_port: u16,
+    dir: tempfile::TempDir,
+    _redis: Proc,
+    _dns: ConsulDns,
+}
+
+fn observed_sluice(extra_args: &[&str]) -> Observed {
+    let dns = ConsulDns::start();
+    let redis_port = free_port();
+    let redis = redis(redis_port);
+    dns.add("redis", "node1", redis_port);
+    let dir = tempfile::tempdir().unwrap();
     let config = config_file(
-        dir,
+        dir.path(),
         &format!(
             "dns = \"{}\"\nmetrics = \"127.0.0.1:0\"\n[listeners.redis]\nbind = \"127.0.0.1:0\"\n\
              service = \"redis\"\naccess_log = true\n",
@@ -520,17 +537,26 @@ fn observed_sluice(dir: &Path, dns: &ConsulDns, extra_args: &[&str]) -> (Sluice,
     let announced = sluice.wait_for_log("serving /metrics");
     let metrics = log_field(&announced, "addr");
     sluice.wait_for_log("backends changed");
-    (sluice, metrics, announced)
+    Observed {
+        sluice,
+        metrics,
+        announced,
+        redis_port,
+        dir,
+        _redis: redis,
+        _dns: dns,
+    }
 }
 
 #[test]
 fn promtool_accepts_the_exposition_and_access_log_has_one_line_per_connection() {
-    let dns = ConsulDns::start();
-    let port = free_port();
-    let _redis = redis(port);
-    dns.add("redis", "node1", port);
-    let dir = tempfile::tempdir().unwrap();
-    let (sluice, metrics, _) = observed_sluice(dir.path(), &dns, &[]);
+    let Observed {
+        sluice,
+        metrics,
+        redis_port: port,
+        dir,
+        ..
+    } = &observed_sluice(&[]);
 
     let mut stream = TcpStream::connect(sluice.addrs[0]).unwrap();
     assert_eq!(redis_command(&mut stream, "PING"), "+PONG\r\n");
@@ -546,7 +572,7 @@ fn promtool_accepts_the_exposition_and_access_log_has_one_line_per_connection() 
         assert!(line.contains(field), "access log lacks {field}: {line}");
     }
 
-    let exposition = http_get(&metrics, "/metrics");
+    let exposition = http_get(metrics, "/metrics");
     assert!(
         exposition.contains("sluice_listener_connections_total{listener=\"redis\"} 1"),
         "{exposition}"
@@ -571,14 +597,15 @@ fn promtool_accepts_the_exposition_and_access_log_has_one_line_per_connection() 
 
 #[test]
 fn a_real_prometheus_scrapes_sluice() {
-    let dns = ConsulDns::start();
-    let port = free_port();
-    let _redis = redis(port);
-    dns.add("redis", "node1", port);
-    let dir = tempfile::tempdir().unwrap();
-    let (sluice, metrics, announced) = observed_sluice(dir.path(), &dns, &["--log-format", "json"]);
+    let Observed {
+        sluice,
+        metrics,
+        announced,
+        dir,
+        ..
+    } = &observed_sluice(&["--log-format", "json"]);
     // --log-format json: one JSON object per line.
-    let fields: serde_json::Value = serde_json::from_str(&announced).unwrap();
+    let fields: serde_json::Value = serde_json::from_str(announced).unwrap();
     assert_eq!(fields["fields"]["addr"], metrics.as_str());
     let mut stream = TcpStream::connect(sluice.addrs[0]).unwrap();
     assert_eq!(redis_command(&mut stream, "PING"), "+PONG\r\n");
@@ -623,12 +650,12 @@ fn a_real_prometheus_scrapes_sluice() {
 
 #[test]
 fn status_page_renders_in_headless_chromium() {
-    let dns = ConsulDns::start();
-    let port = free_port();
-    let _redis = redis(port);
-    dns.add("redis", "node1", port);
-    let dir = tempfile::tempdir().unwrap();
-    let (_sluice, metrics, _) = observed_sluice(dir.path(), &dns, &[]);
+    let Observed {
+        metrics,
+        redis_port: port,
+        dir,
+        ..
+    } = &observed_sluice(&[]);
 
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
