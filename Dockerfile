@@ -25,9 +25,11 @@ WORKDIR /src
 # Dependencies first, against stub sources, so this layer is rebuilt only when
 # Cargo.toml or Cargo.lock change, not on every source edit.
 COPY Cargo.toml Cargo.lock ./
-# (Cargo.toml names integration/main.rs as a test target, so it needs a stub too.)
-RUN mkdir src integration \
+# (Cargo.toml names integration/main.rs as a test and bench/udpload.rs as an
+# example; stubs keep the manifest valid, and neither is built here.)
+RUN mkdir src integration bench \
     && echo 'fn main() {}' > src/main.rs \
+    && echo 'fn main() {}' > bench/udpload.rs \
     && touch src/lib.rs integration/main.rs \
     && cargo build --release --locked \
     && rm -rf src
