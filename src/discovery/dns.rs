@@ -399,19 +399,16 @@ pub async fn watch(
             Ok(answer) => Ok(matches!(answer, Answer::Backends(_))),
             Err(e) => Err(e.to_string()),
         });
+        if answer.is_ok() && last_error.take().is_some() {
+            info!(srv = name, "lookups succeed again");
+        }
         let current = tx.borrow().clone();
         let next = match answer {
             Ok(Answer::Backends(set)) => {
                 empty_since = None;
-                if last_error.take().is_some() {
-                    info!(srv = name, "lookups succeed again");
-                }
                 set
             }
             Ok(Answer::Empty) => {
-                if last_error.take().is_some() {
-                    info!(srv = name, "lookups succeed again");
-                }
                 let since = *empty_since.get_or_insert_with(Instant::now);
                 let waited = since.elapsed();
                 match &current {
