@@ -277,8 +277,8 @@ struct RawHealth {
     timeout: Option<Dur>,
     rise: Option<Spanned<i64>>,
     fall: Option<Spanned<i64>>,
-    send: Option<String>,
-    expect: Option<String>,
+    send: Option<Spanned<String>>,
+    expect: Option<Spanned<String>>,
 }
 
 impl Config {
@@ -476,9 +476,18 @@ impl Validator<'_> {
             timeout,
             rise,
             fall,
-            send: raw.send.clone(),
-            expect: raw.expect.clone(),
+            send: self.non_empty(raw.send.as_ref(), &sub("send")),
+            expect: self.non_empty(raw.expect.as_ref(), &sub("expect")),
         }
+    }
+
+    /// An optional string that, when given, must not be empty.
+    fn non_empty(&mut self, value: Option<&Spanned<String>>, key: &str) -> Option<String> {
+        let value = value?;
+        if value.get_ref().is_empty() {
+            self.problem_at(value, key, "must not be empty (leave it out instead)");
+        }
+        Some(value.get_ref().clone())
     }
 
     /// A whole number within `range`.
