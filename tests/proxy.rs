@@ -154,6 +154,32 @@ async fn a_backend_reset_resets_the_client() {
 }
 
 #[tokio::test]
+async fn many_small_writes_all_arrive_in_order_without_a_stall() {
+    for mode in SPLICE {
+        // Many small writes, queued before sluice reads them.
+        let (backend, _) = scripted_backend(|stream| async move {
+            stream.set_nodelay(true).unwrap();
+            let mut stream = stream;
+            for i in 0..2000u32 {
+                stream.write_all(&i.to_be_bytes()).await.unwrap();
+            }
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).await.unwrap();
+            rest
+        })
+        .await;
+        let config = static_config(&[backend], &format!("{mode}\nidle_timeout = \"30s\""));
+        let sluice = Sluice::start(&config).await;
+        let mut stream = TcpStream::connect(sluice.addr()).await.unwrap();
+        let mut got = vec![0u8; 2000 * 4];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut got)).await;
+        assert!(read.is_ok(), "stalled with data still queued ({mode})");
+        let want: Vec<u8> = (0..2000u32).flat_map(u32::to_be_bytes).collect();
+        assert_eq!(got, want, "{mode}");
+    }
+}
+
+#[tokio::test]
 async fn large_transfer_arrives_intact_and_is_counted_exactly() {
     for mode in SPLICE {
         let b = echo_backends(1).await;

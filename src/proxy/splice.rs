@@ -1,7 +1,7 @@
 //! Linux zero-copy forwarding: splice(2) from the source socket into a pipe
 //! and from the pipe into the destination socket, so the bytes never enter
 //! user space. Driven by tokio readiness guards like the copy path, with the
-//! same half-close, byte counting and skipped EAGAIN reads.
+//! same half-close and byte counting.
 //!
 //! A pipe is taken from a bounded pool only once data is ready, and given
 //! back (empty) as soon as the source has nothing more to read, so an idle
@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
 
-use super::{ReadGuard, Sock, Tally, copy, drained, half_close};
+use super::{ReadGuard, Sock, Tally, copy, half_close};
 
 /// Empty pipes kept for reuse.
 const POOL_MAX: usize = 256;
@@ -137,7 +137,9 @@ fn pump(ready: &mut ReadGuard<'_>, to: &Sock, pipe: &Pipe, tally: &Tally<'_>) ->
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Pumped::Unsupported),
         Err(e) => return Err(e),
     };
-    drained(ready, in_pipe, SPLICE_CHUNK);
+    // No `drained` shortcut here: a non-blocking splice makes one pass and
+    // stops when the pipe's slots are full, so a short splice does not mean
+    // the socket is empty. The next splice's EAGAIN clears readiness.
     while in_pipe > 0 {
         match splice(pipe.read.as_raw_fd(), to.as_raw_fd(), in_pipe) {
             Ok(n) => {
