@@ -305,19 +305,21 @@ pub struct Upstream {
 
 impl Upstream {
     /// Follows `discovery`, rebuilding the pool on each snapshot, for as long
-    /// as the upstream lives and the source runs.
+    /// as the upstream lives and the source runs; `seed` is a pool whose
+    /// backend counters the first one keeps (the context it replaces).
     /// Backends that leave the set have their `removed` token cancelled.
     pub fn follow(
         balance: Balance,
         mut discovery: watch::Receiver<Snapshot>,
         health: Option<(Arc<Checks>, HealthCheck)>,
+        mut seed: Option<Arc<Pool>>,
     ) -> Upstream {
         let (tx, pools) = watch::channel(None::<Arc<Pool>>);
         tokio::spawn(async move {
             loop {
                 let snapshot = discovery.borrow_and_update().clone();
                 if let Some(set) = snapshot {
-                    let previous = tx.borrow().clone();
+                    let previous = tx.borrow().clone().or_else(|| seed.take());
                     let checks = health.as_ref().map(|(checks, check)| (&**checks, check));
                     let pool = Pool::build(&set, previous.as_deref(), balance, checks);
                     for gone in previous.iter().flat_map(|p| p.members()) {

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::Error;
 use crate::admin::Admin;
-use crate::balancer::Upstream;
+use crate::balancer::{Pool, Upstream};
 use crate::config::{BackendSource, Config, Listener, Protocol};
 use crate::discovery::Registry;
 use crate::discovery::dns::DnsClient;
@@ -217,6 +217,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new(admin.is_some()));
         let mut running = Running {
             listeners: HashMap::new(),
+            metrics_addr: config.metrics,
             discovery: Registry::new(dns, metrics.clone(), shutdown.clone()),
             checks: Arc::new(Checks::new(shutdown.clone())),
             admin: admin.as_ref().map(|_| Arc::new(Admin::new(metrics.clone()))),
@@ -257,19 +258,28 @@ impl Server {
 /// One listener as it runs.
 struct Live {
     config: Listener,
-    local_addr: SocketAddr,
+    lasting: Lasting,
     /// The context new connections take; a reload swaps it.
     current: Arc<ArcSwap<Context>>,
     /// TCP: open connections allowed (`max_connections`).
     limit: Arc<Semaphore>,
-    /// Open connections or flows, across reloads.
-    active: Arc<AtomicUsize>,
     /// Stops accepting.
     stop: CancellationToken,
 }
 
+/// What every context of one listener shares, across reloads.
+struct Lasting {
+    local_addr: SocketAddr,
+    /// Open connections or flows.
+    active: Arc<AtomicUsize>,
+    /// Cancelled when the listener is removed: every context's connections drain.
+    removed: CancellationToken,
+}
+
 struct Running {
     listeners: HashMap<String, Live>,
+    /// As configured at start (the endpoint is not rebound on reload).
+    metrics_addr: Option<SocketAddr>,
     discovery: Registry,
     checks: Arc<Checks>,
     metrics: Arc<Metrics>,
@@ -281,21 +291,18 @@ struct Running {
 }
 
 impl Running {
-    fn context(
-        &mut self,
-        listener: &Listener,
-        local_addr: SocketAddr,
-        active: Arc<AtomicUsize>,
-    ) -> Arc<Context> {
+    /// A context for `listener`; `seed` is the pool of the context it
+    /// replaces, whose backend counters carry over.
+    fn context(&mut self, listener: &Listener, lasting: &Lasting, seed: Option<Arc<Pool>>) -> Arc<Context> {
         let snapshots = self.discovery.subscribe(&listener.backends);
         let health = listener.health.clone().map(|check| (self.checks.clone(), check));
         Arc::new(Context {
             config: listener.clone(),
-            local_addr,
-            upstream: Upstream::follow(listener.balance, snapshots, health),
+            local_addr: lasting.local_addr,
+            upstream: Upstream::follow(listener.balance, snapshots, health, seed),
             metrics: self.metrics.listener(&listener.name),
-            active,
-            removed: CancellationToken::new(),
+            active: lasting.active.clone(),
+            removed: lasting.removed.child_token(),
             failing: AtomicBool::new(false),
             hard_stop: self.hard_stop.clone(),
         })
@@ -303,8 +310,12 @@ impl Running {
 
     fn start(&mut self, listener: &Listener, socket: Socket) -> SocketAddr {
         let local_addr = socket.local_addr().unwrap_or(listener.bind);
-        let active = Arc::new(AtomicUsize::new(0));
-        let current = Arc::new(ArcSwap::new(self.context(listener, local_addr, active.clone())));
+        let lasting = Lasting {
+            local_addr,
+            active: Arc::new(AtomicUsize::new(0)),
+            removed: CancellationToken::new(),
+        };
+        let current = Arc::new(ArcSwap::new(self.context(listener, &lasting, None)));
         let limit = Arc::new(Semaphore::new(listener.max_connections));
         let stop = self.shutdown.child_token();
         info!(listener = %listener.name, addr = %local_addr, protocol = %listener.protocol, "listening");
@@ -326,10 +337,9 @@ impl Running {
         }
         let live = Live {
             config: listener.clone(),
-            local_addr,
+            lasting,
             current,
             limit,
-            active,
             stop,
         };
         self.listeners.insert(listener.name.clone(), live);
@@ -340,7 +350,7 @@ impl Running {
     fn remove(&mut self, name: &str) {
         if let Some(live) = self.listeners.remove(name) {
             live.stop.cancel();
-            live.current.load().removed.cancel();
+            live.lasting.removed.cancel();
         }
     }
 
@@ -381,15 +391,27 @@ impl Running {
             self.discovery.set_dns(dns);
         }
         for listener in changed {
-            let live = &self.listeners[&listener.name];
-            let (local_addr, active) = (live.local_addr, live.active.clone());
-            let old_limit = live.config.max_connections;
-            let ctx = self.context(&listener, local_addr, active);
-            let live = self.listeners.get_mut(&listener.name).expect("checked above");
-            resize(&live.limit, old_limit, listener.max_connections);
-            live.current.store(ctx);
+            let Some(mut live) = self.listeners.remove(&listener.name) else {
+                continue;
+            };
+            // Same backends: counters (active, totals, ejection) carry over.
+            // Other backends: the old ones' connections drain, as if removed.
+            let same_source = live.config.backends == listener.backends && !dns_changed;
+            let seed = same_source
+                .then(|| live.current.load().upstream.current())
+                .flatten();
+            let ctx = self.context(&listener, &live.lasting, seed);
+            resize(&live.limit, live.config.max_connections, listener.max_connections);
+            let old = live.current.swap(ctx);
+            if !same_source {
+                old.removed.cancel();
+            }
             live.config = listener.clone();
+            self.listeners.insert(listener.name.clone(), live);
             report.changed.push(listener.name);
+        }
+        if self.metrics_addr != config.metrics {
+            warn!("the metrics endpoint address only changes on restart");
         }
         for (listener, socket) in fresh {
             let addr = self.start(&listener, socket);
