@@ -35,6 +35,15 @@ use std::net::SocketAddr;
 pub use config::Config;
 pub use server::{Control, ReloadReport, Server};
 
+/// Any local address of `addr`'s family, any port: where a socket that
+/// talks to `addr` binds.
+pub(crate) fn any_addr_like(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("listener '{listener}': cannot bind {addr}: {source}")]

@@ -140,11 +140,7 @@ impl DnsClient {
     }
 
     async fn exchange_udp(&self, request: &[u8], id: u16) -> io::Result<Vec<u8>> {
-        let local: SocketAddr = match self.server {
-            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        let socket = UdpSocket::bind(local).await?;
+        let socket = UdpSocket::bind(crate::any_addr_like(self.server)).await?;
         socket.connect(self.server).await?;
         socket.send(request).await?;
         let mut buf = vec![0; usize::from(u16::MAX)];

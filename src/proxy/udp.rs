@@ -16,7 +16,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Context, Lease};
+use crate::balancer::Pool;
 
 /// Flows closed at once when no socket can be opened (descriptors exhausted).
 const EVICT_FOR_DESCRIPTORS: usize = 16;
@@ -113,6 +114,8 @@ struct Relay {
     next_id: u64,
     /// Fire-and-forget: one unconnected socket per address family, made on first use.
     senders: [Option<UdpSocket>; 2],
+    /// This context has already waited once for its first pool.
+    waited: bool,
 }
 
 impl Relay {
@@ -128,6 +131,7 @@ impl Relay {
             ended_rx,
             next_id: 0,
             senders: [None, None],
+            waited: false,
         }
     }
 
@@ -141,6 +145,7 @@ impl Relay {
                         recv_failing = false;
                         if !Arc::ptr_eq(&self.ctx, &self.current.load()) {
                             self.ctx = self.current.load_full();
+                            self.waited = false;
                         }
                         if self.ctx.config.udp.replies {
                             self.forward(client, &buf[..n]).await;
@@ -181,6 +186,20 @@ impl Relay {
             }
             self.refused.insert(client, flow.backend);
         }
+    }
+
+    /// The current pool. Only the first datagram of a context waits for the
+    /// first discovery answer (later ones queue in the kernel meanwhile);
+    /// after that a datagram with no pool is dropped at once, so a failing
+    /// DNS never holds up the receive loop.
+    async fn pool(&mut self) -> Option<Arc<Pool>> {
+        if let Some(pool) = self.ctx.upstream.current() {
+            return Some(pool);
+        }
+        if std::mem::replace(&mut self.waited, true) {
+            return None;
+        }
+        self.ctx.upstream.pool(self.ctx.config.connect_timeout).await
     }
 
     /// Closes the least recently used flow; false when there is none.
@@ -224,9 +243,7 @@ impl Relay {
     /// Opens a flow for `client`; false when there is no backend to use.
     async fn open(&mut self, client: SocketAddr) -> bool {
         let ctx = self.ctx.clone();
-        // Before the first discovery answer this waits (datagrams queue in the
-        // kernel meanwhile), as a TCP connection does; later it never waits.
-        let Some(pool) = ctx.upstream.pool(ctx.config.connect_timeout).await else {
+        let Some(pool) = self.pool().await else {
             debug!(listener = %ctx.config.name, %client, "no discovery answer yet, datagram dropped");
             return false;
         };
@@ -295,21 +312,16 @@ impl Relay {
 
     /// Fire-and-forget: the datagram to the next backend, no state per client.
     async fn spread(&mut self, client: SocketAddr, data: &[u8]) {
-        let ctx = &self.ctx;
-        let Some(pool) = ctx.upstream.pool(ctx.config.connect_timeout).await else {
+        let Some(pool) = self.pool().await else {
             return;
         };
+        let ctx = &self.ctx;
         let Some(member) = ctx.upstream.balancer.pick(&pool, client.ip(), &[]) else {
             return;
         };
         let family = usize::from(member.addr().is_ipv6());
         if self.senders[family].is_none() {
-            let local: SocketAddr = if family == 1 {
-                (Ipv6Addr::UNSPECIFIED, 0).into()
-            } else {
-                (Ipv4Addr::UNSPECIFIED, 0).into()
-            };
-            match UdpSocket::bind(local).await {
+            match UdpSocket::bind(crate::any_addr_like(member.addr())).await {
                 Ok(s) => self.senders[family] = Some(s),
                 Err(e) => {
                     warn!(listener = %ctx.config.name, error = %e, "cannot open a UDP socket");
@@ -339,11 +351,7 @@ fn send_now(socket: &UdpSocket, data: &[u8], to: Option<SocketAddr>) -> io::Resu
 
 /// A UDP socket connected to `backend`, so only its datagrams arrive.
 async fn connected_socket(backend: SocketAddr) -> io::Result<UdpSocket> {
-    let local: SocketAddr = match backend {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = UdpSocket::bind(local).await?;
+    let socket = UdpSocket::bind(crate::any_addr_like(backend)).await?;
     socket.connect(backend).await?;
     Ok(socket)
 }
