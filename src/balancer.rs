@@ -147,10 +147,6 @@ impl Pool {
     pub fn members(&self) -> impl Iterator<Item = &Member> {
         self.groups.iter().flat_map(|g| &g.members)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
-    }
 }
 
 /// Chooses a backend for each new connection.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 /// Port used for `dns` / `--dns` when the address has none.
-const DNS_PORT: u16 = 53;
+pub const DNS_PORT: u16 = 53;
 
 const DEFAULT_DOMAIN: &str = "consul";
 const DEFAULT_REFRESH: Duration = Duration::from_secs(1);

@@ -72,15 +72,11 @@ pub enum Answer {
 #[derive(Debug, Clone)]
 pub struct DnsClient {
     server: SocketAddr,
-    timeout: Duration,
 }
 
 impl DnsClient {
     pub fn new(server: SocketAddr) -> Self {
-        DnsClient {
-            server,
-            timeout: QUERY_TIMEOUT,
-        }
+        DnsClient { server }
     }
 
     /// The first nameserver of /etc/resolv.conf.
@@ -92,7 +88,7 @@ impl DnsClient {
             .nameservers
             .first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "/etc/resolv.conf lists no nameserver"))?;
-        Ok(Self::new(SocketAddr::new(server.into(), 53)))
+        Ok(Self::new(SocketAddr::new(server.into(), crate::config::DNS_PORT)))
     }
 
     pub fn server(&self) -> SocketAddr {
@@ -130,13 +126,13 @@ impl DnsClient {
             let reply = self.exchange_tcp(&bytes).await.map_err(err)?;
             self.check(&request, &reply, name, kind)
         };
-        timeout(self.timeout, exchange)
-            .await
-            .unwrap_or(Err(LookupError::Timeout {
+        timeout(QUERY_TIMEOUT, exchange).await.unwrap_or_else(|_| {
+            Err(LookupError::Timeout {
                 name: name.clone(),
                 kind,
-                timeout: self.timeout,
-            }))
+                timeout: QUERY_TIMEOUT,
+            })
+        })
     }
 
     async fn exchange_udp(&self, request: &[u8], id: u16) -> io::Result<Vec<u8>> {

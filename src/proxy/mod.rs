@@ -126,20 +126,29 @@ pub struct Transfer {
     pub end: End,
 }
 
-/// Shared by both directions: byte counts and the time of the last activity.
-struct Meter {
+/// When a connection or flow last moved a byte either way, for idle timeouts.
+pub(crate) struct Activity {
     start: Instant,
-    last_activity_ms: AtomicU64,
+    /// Ms since `start`.
+    last_ms: AtomicU64,
 }
 
-impl Meter {
-    fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_activity_ms.store(ms, Relaxed);
+impl Activity {
+    pub(crate) fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
     }
 
-    fn idle_deadline(&self, idle: Duration) -> Instant {
-        self.start + Duration::from_millis(self.last_activity_ms.load(Relaxed)) + idle
+    pub(crate) fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// When it goes idle if nothing moves before.
+    pub(crate) fn deadline(&self, idle: Duration) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Relaxed)) + idle
     }
 }
 
@@ -153,10 +162,7 @@ pub async fn forward(
     metrics: &ListenerMetrics,
     drained: impl Future<Output = ()>,
 ) -> Transfer {
-    let meter = Meter {
-        start: Instant::now(),
-        last_activity_ms: AtomicU64::new(0),
-    };
+    let meter = Activity::new();
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let both = async {
         let up = Tally {
@@ -176,7 +182,7 @@ pub async fn forward(
     };
     let idle_watch = async {
         loop {
-            let deadline = meter.idle_deadline(idle);
+            let deadline = meter.deadline(idle);
             if Instant::now() >= deadline {
                 return;
             }
@@ -206,7 +212,7 @@ pub async fn forward(
 
 /// Where one direction counts what it moves.
 pub struct Tally<'a> {
-    meter: &'a Meter,
+    meter: &'a Activity,
     bytes: &'a AtomicU64,
     total: &'a Counter,
 }

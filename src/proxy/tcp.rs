@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -66,17 +66,32 @@ pub async fn serve(
         };
         let ctx = current.load_full();
         ctx.metrics.connections.increment(1);
+        let open = Open::new(&ctx.active);
         tracker.spawn(async move {
-            ctx.active.fetch_add(1, Relaxed);
             tokio::select! {
                 _ = handle(client, peer, &ctx) => {}
                 _ = ctx.hard_stop.cancelled() => {}
             }
-            ctx.active.fetch_sub(1, Relaxed);
-            drop(permit);
+            drop((open, permit));
         });
     }
     info!(listener = %name, "stopped accepting");
+}
+
+/// Counts a connection as open for as long as it lives, however it ends.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(active: &Arc<AtomicUsize>) -> Open {
+        active.fetch_add(1, Relaxed);
+        Open(active.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use arc_swap::ArcSwap;
 use lru::LruCache;
@@ -30,7 +30,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Context, Lease};
+use super::{Activity, Context, Lease};
 use crate::balancer::Pool;
 
 /// Flows closed at once when no socket can be opened (descriptors exhausted).
@@ -57,7 +57,7 @@ struct Flow {
     id: u64,
     upstream: Arc<UdpSocket>,
     backend: SocketAddr,
-    clock: Arc<Clock>,
+    clock: Arc<Activity>,
     replies: AbortHandle,
     _lease: Lease,
 }
@@ -65,30 +65,6 @@ struct Flow {
 impl Drop for Flow {
     fn drop(&mut self) {
         self.replies.abort();
-    }
-}
-
-/// Last activity of a flow in either direction, as ms since `start`.
-struct Clock {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        Clock {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Relaxed);
-    }
-
-    fn deadline(&self, idle: std::time::Duration) -> Instant {
-        self.start + std::time::Duration::from_millis(self.last_ms.load(Relaxed)) + idle
     }
 }
 
@@ -286,7 +262,7 @@ impl Relay {
             info!(listener = %ctx.config.name, "UDP sockets can be opened again");
         }
         self.next_id += 1;
-        let clock = Arc::new(Clock::new());
+        let clock = Arc::new(Activity::new());
         let replies = tokio::spawn(replies(
             self.next_id,
             client,
@@ -362,13 +338,15 @@ async fn replies(
     client: SocketAddr,
     upstream: Arc<UdpSocket>,
     listener: Arc<UdpSocket>,
-    clock: Arc<Clock>,
+    clock: Arc<Activity>,
     ctx: Arc<Context>,
     ended: mpsc::UnboundedSender<(SocketAddr, u64, FlowEnd)>,
 ) {
     let idle = ctx.config.udp.idle_timeout;
+    // One timer per flow, moved only when it fires (not per datagram).
+    let timer = sleep_until(clock.deadline(idle));
+    tokio::pin!(timer);
     let end = loop {
-        let deadline = clock.deadline(idle);
         tokio::select! {
             readable = upstream.readable() => {
                 if readable.is_err() {
@@ -390,10 +368,12 @@ async fn replies(
                     Err(e) => debug!(listener = %ctx.config.name, %client, error = %e, "reply lost"),
                 }
             }
-            _ = sleep_until(deadline) => {
-                if clock.deadline(idle) <= Instant::now() {
+            _ = &mut timer => {
+                let deadline = clock.deadline(idle);
+                if deadline <= Instant::now() {
                     break FlowEnd::Idle;
                 }
+                timer.as_mut().reset(deadline);
             }
         }
     };
