@@ -43,12 +43,16 @@ fn script() -> PathBuf {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
+    assert!(out.status.success(), "{cmd:?} failed: {}", printed(&out));
+}
+
+/// What a finished command printed, stdout then stderr.
+fn printed(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    )
 }
 
 /// BIND answering like Consul DNS, in its own directory and port.
@@ -584,11 +588,7 @@ fn promtool_accepts_the_exposition_and_access_log_has_one_line_per_connection() 
         .arg(format!("promtool check metrics < {}", path.display()))
         .output()
         .expect("promtool (apt-get install prometheus)");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = printed(&out);
     assert!(
         out.status.success() && report.trim().is_empty(),
         "promtool: {report}"
@@ -718,11 +718,7 @@ fn redis_benchmark(addr: SocketAddr, args: &[&str]) {
         .args(args)
         .output()
         .expect("redis-benchmark (apt-get install redis-tools)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = printed(&out);
     assert!(
         out.status.success() && !text.to_lowercase().contains("error"),
         "redis-benchmark failed: {text}"
