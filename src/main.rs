@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -82,10 +83,16 @@ fn serve(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow:
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Handlers before anything listens: a signal sent once sluice looks
+        // ready must never meet the default action, which ends the process.
+        let install = |kind| signal(kind).context("cannot install signal handlers");
+        let term = install(SignalKind::terminate())?;
+        let int = install(SignalKind::interrupt())?;
+        let hangups = install(SignalKind::hangup())?;
         let server = sluice::Server::bind(config).await?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        tokio::spawn(reload_on_sighup(server.control(), file, overrides));
+        tokio::spawn(stop_on_signal(term, int, shutdown.clone()));
+        tokio::spawn(reload_on_sighup(hangups, server.control(), file, overrides));
         server.run(shutdown).await;
         Ok(())
     })
@@ -93,12 +100,12 @@ fn serve(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow:
 
 /// On each SIGHUP, reads the configuration again and applies it; a file with
 /// problems changes nothing and the problems are logged with file and line.
-async fn reload_on_sighup(control: sluice::Control, file: Option<PathBuf>, overrides: Overrides) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; reload is off");
-        return;
-    };
+async fn reload_on_sighup(
+    mut hangups: Signal,
+    control: sluice::Control,
+    file: Option<PathBuf>,
+    overrides: Overrides,
+) {
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP received, reloading the configuration");
         match Config::load(file.as_deref(), &overrides) {
@@ -112,13 +119,7 @@ async fn reload_on_sighup(control: sluice::Control, file: Option<PathBuf>, overr
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::error!("cannot install signal handlers; stop sluice with SIGKILL");
-        return;
-    };
+async fn stop_on_signal(mut term: Signal, mut int: Signal, shutdown: CancellationToken) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
