@@ -448,12 +448,15 @@ fn check_flag_prints_problems_with_file_and_line() {
         dir.path(),
         "[listeners.redis]\nbind = \"127.0.0.1:6379\"\nservice = \"redis\"\nmax_conections = 5\n",
     );
-    let out = Command::new(SLUICE)
-        .arg("--check")
-        .arg("-c")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let check = |path: &Path| {
+        Command::new(SLUICE)
+            .arg("--check")
+            .arg("-c")
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let out = check(&bad);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -465,12 +468,7 @@ fn check_flag_prints_problems_with_file_and_line() {
         dir.path(),
         "[listeners.redis]\nbind = \"127.0.0.1:6379\"\nservice = \"redis\"\n",
     );
-    let out = Command::new(SLUICE)
-        .arg("--check")
-        .arg("-c")
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = check(&good);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 

@@ -84,12 +84,6 @@ pub struct QueryStatus {
     pub last_error: Option<String>,
 }
 
-fn unix(time: SystemTime) -> f64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-}
-
 impl Admin {
     pub fn new(metrics: Arc<Metrics>) -> Admin {
         Admin {
@@ -146,7 +140,7 @@ impl Admin {
                 let health = q.health();
                 QueryStatus {
                     name: q.name.clone(),
-                    last_success: health.last_success.map(unix),
+                    last_success: health.last_success.map(crate::unix_seconds),
                     last_error: health.last_error,
                 }
             })
@@ -323,7 +317,7 @@ fn html(status: &Status) -> String {
     page.push_str(
         "<h2>DNS queries</h2><table><tr><th>query</th><th>last success</th><th>last error</th></tr>",
     );
-    let now = unix(SystemTime::now());
+    let now = crate::unix_seconds(SystemTime::now());
     for q in &status.queries {
         let _ = write!(
             page,

@@ -44,6 +44,13 @@ pub(crate) fn any_addr_like(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Seconds since the Unix epoch, as Prometheus and /status report times.
+pub(crate) fn unix_seconds(time: std::time::SystemTime) -> f64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("listener '{listener}': cannot bind {addr}: {source}")]

@@ -145,8 +145,7 @@ impl QueryState {
                 let now = SystemTime::now();
                 health.last_success = Some(now);
                 health.last_error = None;
-                let unix = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-                self.metrics.last_success.set(unix.as_secs_f64());
+                self.metrics.last_success.set(crate::unix_seconds(now));
                 if found {
                     &self.metrics.ok
                 } else {
