@@ -40,6 +40,15 @@ const EMPTY_GRACE_REFRESHES: u32 = 3;
 
 /// Bounds on values; outside them the config is rejected, never clamped.
 const MIN_REFRESH: Duration = Duration::from_millis(10);
+/// The longest any duration may be: far beyond any useful timeout, and small
+/// enough that adding it to a clock or multiplying it never overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// A configuration file larger than this is refused unread (`-c /dev/zero`).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Health-check `send` and `expect` longer than this are refused.
+pub const MAX_CHECK_BYTES: usize = 4096;
+/// How much of a bad value an error message quotes back.
+const QUOTE_MAX_CHARS: usize = 64;
 /// Upper bound for `max_connections` and `max_flows`.
 const MAX_COUNT: usize = 1 << 24;
 
@@ -286,9 +295,9 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::one(path.display().to_string(), format!("cannot read: {e}")))?;
-                Self::parse(&text, &path.display().to_string(), overrides)
+                let origin = path.display().to_string();
+                let text = read_capped(path).map_err(|e| ConfigError::one(&origin, e))?;
+                Self::parse(&text, &origin, overrides)
             }
             None => Self::parse("", "<command line>", overrides),
         }
@@ -301,7 +310,7 @@ impl Config {
                 Some(span) => Locator { text, origin }.at(&span),
                 None => origin.to_string(),
             };
-            ConfigError::one(location, e.message().trim_end().to_string())
+            ConfigError::one(location, shortened(e.message().trim_end()))
         })?;
         Validator {
             locator: Locator { text, origin },
@@ -309,6 +318,59 @@ impl Config {
         }
         .validate(raw, overrides)
     }
+}
+
+/// The file's text, refusing files over [`MAX_CONFIG_BYTES`] without reading them whole.
+fn read_capped(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "larger than {MAX_CONFIG_BYTES} bytes, not a configuration file"
+        ));
+    }
+    Ok(text)
+}
+
+/// `text` for an error message, cut short if long.
+pub(crate) fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_MAX_CHARS) {
+        Some((cut, _)) => format!("`{}…` ({} bytes)", &text[..cut], text.len()),
+        None => format!("`{text}`"),
+    }
+}
+
+/// A message from the TOML parser with every long quoted value in it cut
+/// short (it quotes values whole, which may be a megabyte).
+fn shortened(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(1024));
+    let mut quote: Option<(char, usize)> = None; // the open quote, chars kept inside
+    for c in message.chars() {
+        match quote {
+            Some((open, _)) if c == open => {
+                quote = None;
+                out.push(c);
+            }
+            Some((open, kept)) => {
+                if kept < QUOTE_MAX_CHARS {
+                    out.push(c);
+                } else if kept == QUOTE_MAX_CHARS {
+                    out.push('…');
+                }
+                quote = Some((open, kept + 1));
+            }
+            None => {
+                if c == '"' || c == '`' {
+                    quote = Some((c, 0));
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 /// Turns byte spans into `file:line` locations.
@@ -349,21 +411,27 @@ impl Validator<'_> {
         self.problem(location, format!("{key}: {message}"));
     }
 
-    /// A duration that must be at least `min`.
+    /// A duration between `min` and [`MAX_DURATION`]; `default` when absent
+    /// or out of bounds (the problem is recorded).
     fn duration(&mut self, value: Option<&Dur>, key: &str, min: Duration, default: Duration) -> Duration {
         let Some(value) = value else { return default };
         let duration = *value.get_ref().deref();
+        let shown = humantime_serde::re::humantime::format_duration;
         if duration < min {
-            let shown = humantime_serde::re::humantime::format_duration(min);
-            self.problem_at(value, key, format!("must be at least {shown}"));
+            self.problem_at(value, key, format!("must be at least {}", shown(min)));
+            return default;
+        }
+        if duration > MAX_DURATION {
+            self.problem_at(value, key, format!("must be at most {}", shown(MAX_DURATION)));
+            return default;
         }
         duration
     }
 
     fn validate(mut self, raw: RawConfig, overrides: &Overrides) -> Result<Config, ConfigError> {
         let dns = match (&overrides.dns, &raw.dns) {
-            (Some(cli), _) => self.cli_addr(cli, "--dns", DNS_PORT),
-            (None, Some(file)) => match parse_addr(file.get_ref(), DNS_PORT) {
+            (Some(cli), _) => self.cli_addr(cli, "--dns", parse_dns_server),
+            (None, Some(file)) => match parse_dns_server(file.get_ref()) {
                 Ok(addr) => Some(addr),
                 Err(e) => {
                     self.problem_at(file, "dns", e);
@@ -373,8 +441,8 @@ impl Validator<'_> {
             (None, None) => None,
         };
         let metrics = match (&overrides.metrics, &raw.metrics) {
-            (Some(cli), _) => self.cli_addr(cli, "--metrics", 0),
-            (None, Some(file)) => match parse_socket_addr(file.get_ref()) {
+            (Some(cli), _) => self.cli_addr(cli, "--metrics", parse_bind),
+            (None, Some(file)) => match parse_bind(file.get_ref()) {
                 Ok(addr) => Some(addr),
                 Err(e) => {
                     self.problem_at(file, "metrics", e);
@@ -452,6 +520,12 @@ impl Validator<'_> {
                 listeners,
             })
         } else {
+            // In file order; locations without a line (the command line) last.
+            let line = |p: &Problem| {
+                let line = p.location.strip_prefix(self.locator.origin)?.strip_prefix(':')?;
+                line.parse::<usize>().ok()
+            };
+            self.problems.sort_by_key(|p| line(p).unwrap_or(usize::MAX));
             Err(ConfigError {
                 problems: self.problems,
             })
@@ -476,16 +550,23 @@ impl Validator<'_> {
             timeout,
             rise,
             fall,
-            send: self.non_empty(raw.send.as_ref(), &sub("send")),
-            expect: self.non_empty(raw.expect.as_ref(), &sub("expect")),
+            send: self.check_bytes(raw.send.as_ref(), &sub("send")),
+            expect: self.check_bytes(raw.expect.as_ref(), &sub("expect")),
         }
     }
 
-    /// An optional string that, when given, must not be empty.
-    fn non_empty(&mut self, value: Option<&Spanned<String>>, key: &str) -> Option<String> {
+    /// An optional check string that, when given, is 1 to [`MAX_CHECK_BYTES`] long.
+    fn check_bytes(&mut self, value: Option<&Spanned<String>>, key: &str) -> Option<String> {
         let value = value?;
-        if value.get_ref().is_empty() {
+        let len = value.get_ref().len();
+        if len == 0 {
             self.problem_at(value, key, "must not be empty (leave it out instead)");
+        } else if len > MAX_CHECK_BYTES {
+            self.problem_at(
+                value,
+                key,
+                format!("must be at most {MAX_CHECK_BYTES} bytes, got {len}"),
+            );
         }
         Some(value.get_ref().clone())
     }
@@ -510,13 +591,13 @@ impl Validator<'_> {
         }
     }
 
-    fn cli_addr(&mut self, value: &str, flag: &str, default_port: u16) -> Option<SocketAddr> {
-        let parsed = if default_port == 0 {
-            parse_socket_addr(value)
-        } else {
-            parse_addr(value, default_port)
-        };
-        parsed.map_err(|e| self.problem(flag.to_string(), e)).ok()
+    fn cli_addr(
+        &mut self,
+        value: &str,
+        flag: &str,
+        parse: fn(&str) -> Result<SocketAddr, String>,
+    ) -> Option<SocketAddr> {
+        parse(value).map_err(|e| self.problem(flag.to_string(), e)).ok()
     }
 
     fn listener(
@@ -531,7 +612,7 @@ impl Validator<'_> {
         let key = |k: &str| format!("listeners.{name}.{k}");
 
         let bind = match &raw.bind {
-            Some(b) => parse_socket_addr(b.get_ref())
+            Some(b) => parse_bind(b.get_ref())
                 .map_err(|e| self.problem_at(b, &key("bind"), e))
                 .ok(),
             None => {
@@ -598,7 +679,7 @@ impl Validator<'_> {
                     .get_ref()
                     .iter()
                     .filter_map(|a| {
-                        parse_socket_addr(a.get_ref())
+                        parse_peer(a.get_ref())
                             .map_err(|e| self.problem_at(a, &key("backends"), e))
                             .ok()
                     })
@@ -707,7 +788,7 @@ fn parse_shorthand(text: &str, defaults: &Defaults) -> Result<Listener, String> 
     };
     let bind = match head.parse::<u16>() {
         Ok(port) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
-        Err(_) => parse_socket_addr(head).map_err(|e| format!("{e}; {FORM}"))?,
+        Err(_) => parse_bind(head).map_err(|e| format!("{e}; {FORM}"))?,
     };
     let refresh = defaults.refresh;
     Ok(Listener {
@@ -743,26 +824,57 @@ fn consul_name(tag: Option<&str>, service: &str, domain: &str) -> String {
     }
 }
 
-/// `ip:port`, `[v6]:port`, or a bare IP that gets `default_port`.
-fn parse_addr(text: &str, default_port: u16) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(addr);
+/// A DNS server: `ip:port`, `[v6]:port`, or a bare IP that gets port 53.
+fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
+    let addr = match text.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => text
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .map(|ip| SocketAddr::new(ip, DNS_PORT))
+            .map_err(|_| format!("invalid address {}: expected IP or IP:PORT", quoted(text)))?,
+    };
+    peer(addr)
+}
+
+/// A backend to connect to: `ip:port` of a single unicast host.
+fn parse_peer(text: &str) -> Result<SocketAddr, String> {
+    parse_socket_addr(text).and_then(peer)
+}
+
+fn peer(addr: SocketAddr) -> Result<SocketAddr, String> {
+    match crate::net::unusable_peer(addr) {
+        Some(reason) => Err(format!("{addr} cannot be reached as a server: {reason}")),
+        None => Ok(addr),
     }
-    let bare = text.trim_start_matches('[').trim_end_matches(']');
-    bare.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, default_port))
-        .map_err(|_| format!("invalid address `{text}`: expected IP or IP:PORT"))
+}
+
+/// Where a listener binds: `ip:port`, a wildcard or unicast address.
+fn parse_bind(text: &str) -> Result<SocketAddr, String> {
+    let addr = parse_socket_addr(text)?;
+    match crate::net::unusable_bind(addr.ip()) {
+        Some(reason) => Err(format!("cannot listen on {addr}: {reason}")),
+        None => Ok(addr),
+    }
 }
 
 fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse::<SocketAddr>()
-        .map_err(|_| format!("invalid address `{text}`: expected IP:PORT, e.g. 127.0.0.1:2003 or [::]:2003"))
+    text.parse::<SocketAddr>().map_err(|_| {
+        format!(
+            "invalid address {}: expected IP:PORT, e.g. 127.0.0.1:2003 or [::]:2003",
+            quoted(text)
+        )
+    })
 }
 
-/// One DNS label as Consul service and tag names use them.
+/// One DNS label as Consul service and tag names use them (RFC 1123, plus
+/// the `_` of SRV names).
 fn check_label(label: &str) -> Result<(), String> {
     let valid = !label.is_empty()
         && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
         && label
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
@@ -770,14 +882,15 @@ fn check_label(label: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "`{label}` is not a valid DNS label (letters, digits, '-', '_'; 1 to 63 characters)"
+            "{} is not a valid DNS label (letters, digits, '-' inside, '_'; 1 to 63 characters)",
+            quoted(label)
         ))
     }
 }
 
 fn check_dns_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 253 {
-        return Err(format!("`{name}` is not a valid DNS name"));
+        return Err(format!("{} is not a valid DNS name", quoted(name)));
     }
     name.split('.').try_for_each(check_label)
 }

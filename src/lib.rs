@@ -13,6 +13,8 @@
 //! - [`metrics`]: metric names and the per-server Prometheus recorder.
 //! - [`health`]: active health checks and passive ejection.
 //! - [`admin`]: the HTTP endpoint for /metrics, /status, / and /healthz.
+//! - [`alarm`]: how recurring conditions are logged (once, then once a minute).
+//! - [`net`]: address facts (what can be a peer, what binds where).
 //! - `server`: wires it all, applies reloads as a diff, owns shutdown.
 //!
 //! [`Server::bind`] binds every listener (so tests can use port 0 and read the
@@ -20,11 +22,13 @@
 //! then drains for `shutdown_grace`; [`Control::reload`] applies a new config.
 
 pub mod admin;
+pub mod alarm;
 pub mod balancer;
 pub mod config;
 pub mod discovery;
 pub mod health;
 pub mod metrics;
+pub mod net;
 pub mod proxy;
 
 mod server;
@@ -34,15 +38,6 @@ use std::net::SocketAddr;
 
 pub use config::Config;
 pub use server::{Control, ReloadReport, Server};
-
-/// Any local address of `addr`'s family, any port: where a socket that
-/// talks to `addr` binds.
-pub(crate) fn any_addr_like(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-    }
-}
 
 /// Seconds since the Unix epoch, as Prometheus and /status report times.
 pub(crate) fn unix_seconds(time: std::time::SystemTime) -> f64 {

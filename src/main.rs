@@ -108,12 +108,15 @@ async fn reload_on_sighup(
 ) {
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP received, reloading the configuration");
-        match Config::load(file.as_deref(), &overrides) {
-            Ok(config) => {
+        // Whatever the file holds, this loop must live to read the next one.
+        let loaded = std::panic::catch_unwind(|| Config::load(file.as_deref(), &overrides));
+        match loaded {
+            Ok(Ok(config)) => {
                 // The server logs the outcome either way.
                 let _ = control.reload(config).await;
             }
-            Err(e) => tracing::error!("reload rejected, the running configuration stays:\n{e}"),
+            Ok(Err(e)) => tracing::error!("reload rejected, the running configuration stays:\n{e}"),
+            Err(_) => tracing::error!("reload rejected: reading the configuration failed unexpectedly"),
         }
     }
 }

@@ -77,3 +77,11 @@ fn full_example_has_the_documented_values() {
     assert!(query.tcp);
     assert_eq!(query.empty_grace, std::time::Duration::from_secs(5));
 }
+
+#[test]
+fn an_endless_file_is_refused_without_reading_it_all() {
+    let err = Config::load(Some(Path::new("/dev/zero")), &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("/dev/zero: larger than 1048576 bytes"), "{err}");
+}

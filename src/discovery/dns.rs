@@ -136,7 +136,7 @@ impl DnsClient {
     }
 
     async fn exchange_udp(&self, request: &[u8], id: u16) -> io::Result<Vec<u8>> {
-        let socket = UdpSocket::bind(crate::any_addr_like(self.server)).await?;
+        let socket = UdpSocket::bind(crate::net::any_addr_like(self.server)).await?;
         socket.connect(self.server).await?;
         socket.send(request).await?;
         let mut buf = vec![0; usize::from(u16::MAX)];

@@ -297,7 +297,7 @@ impl Relay {
         };
         let family = usize::from(member.addr().is_ipv6());
         if self.senders[family].is_none() {
-            match UdpSocket::bind(crate::any_addr_like(member.addr())).await {
+            match UdpSocket::bind(crate::net::any_addr_like(member.addr())).await {
                 Ok(s) => self.senders[family] = Some(s),
                 Err(e) => {
                     warn!(listener = %ctx.config.name, error = %e, "cannot open a UDP socket");
@@ -327,7 +327,7 @@ fn send_now(socket: &UdpSocket, data: &[u8], to: Option<SocketAddr>) -> io::Resu
 
 /// A UDP socket connected to `backend`, so only its datagrams arrive.
 async fn connected_socket(backend: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = UdpSocket::bind(crate::any_addr_like(backend)).await?;
+    let socket = UdpSocket::bind(crate::net::any_addr_like(backend)).await?;
     socket.connect(backend).await?;
     Ok(socket)
 }
