@@ -175,10 +175,11 @@ pub async fn forward(
             bytes: &down,
             total: &metrics.bytes_down,
         };
-        tokio::try_join!(
+        both_ways(
             direction(client, backend, up, zero_copy),
-            direction(backend, client, down, zero_copy)
+            direction(backend, client, down, zero_copy),
         )
+        .await
     };
     let idle_watch = async {
         loop {
@@ -191,7 +192,7 @@ pub async fn forward(
     };
     let end = tokio::select! {
         result = both => match result {
-            Ok(_) => End::Closed,
+            Ok(()) => End::Closed,
             Err(e) => {
                 // Pass the abort on: a reset, not a clean FIN, on both sides.
                 for stream in [client, backend] {
@@ -210,6 +211,60 @@ pub async fn forward(
     }
 }
 
+/// A direction that failed: reading from its source, or writing to its
+/// destination (then the destination's socket is the broken one).
+#[derive(Debug)]
+enum Failure {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl Failure {
+    fn into_error(self) -> io::Error {
+        match self {
+            Failure::Read(e) | Failure::Write(e) => e,
+        }
+    }
+}
+
+/// Runs both directions of a connection to their end. When one fails, the
+/// socket it failed on is broken; whatever that socket had already received
+/// is still delivered (a backend that answers and then resets must have its
+/// answer reach the client, as it would directly): the direction reading from
+/// the broken socket goes on until that socket is exhausted, the other is
+/// abandoned. The result is the first failure, if any.
+async fn both_ways(
+    up: impl Future<Output = Result<(), Failure>>,
+    down: impl Future<Output = Result<(), Failure>>,
+) -> io::Result<()> {
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    let mut first: Option<io::Error> = None;
+    while !(up_done && down_done) {
+        let ended = tokio::select! {
+            result = &mut up, if !up_done => {
+                up_done = true;
+                result
+            }
+            result = &mut down, if !down_done => {
+                down_done = true;
+                result
+            }
+        };
+        if let Err(failure) = ended {
+            // A failed write broke the destination, which the other direction
+            // reads from: let it drain. A failed read broke the source, which
+            // the other direction writes to: nothing more can be delivered.
+            let drain_other = matches!(failure, Failure::Write(_));
+            first.get_or_insert(failure.into_error());
+            if !drain_other {
+                break;
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
 /// Where one direction counts what it moves.
 pub struct Tally<'a> {
     meter: &'a Activity,
@@ -226,9 +281,9 @@ impl Tally<'_> {
 }
 
 /// EOF from one side: pass it on as a FIN, keeping the other direction open.
-fn half_close(to: &Sock) -> io::Result<()> {
+fn half_close(to: &Sock) -> Result<(), Failure> {
     match SockRef::from(to.get_ref()).shutdown(Shutdown::Write) {
-        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(Failure::Write(e)),
         _ => Ok(()),
     }
 }
@@ -247,7 +302,7 @@ fn drained(ready: &mut ReadGuard<'_>, read: usize, wanted: usize) {
 type ReadGuard<'a> = AsyncFdReadyGuard<'a, StdTcpStream>;
 
 /// One direction, zero-copy where the platform and the listener allow.
-async fn direction(from: &Sock, to: &Sock, tally: Tally<'_>, zero_copy: bool) -> io::Result<()> {
+async fn direction(from: &Sock, to: &Sock, tally: Tally<'_>, zero_copy: bool) -> Result<(), Failure> {
     #[cfg(target_os = "linux")]
     if zero_copy {
         return splice::forward(from, to, &tally).await;
@@ -272,9 +327,9 @@ enum Burst {
 }
 
 /// Copies `from` → `to` through user space until EOF, then half-closes `to`.
-async fn copy(from: &Sock, to: &Sock, tally: &Tally<'_>) -> io::Result<()> {
+async fn copy(from: &Sock, to: &Sock, tally: &Tally<'_>) -> Result<(), Failure> {
     loop {
-        let mut ready = from.readable().await?;
+        let mut ready = from.readable().await.map_err(Failure::Read)?;
         let burst = SCRATCH.with_borrow_mut(|buf| relay(&mut ready, to, buf, tally))?;
         drop(ready);
         match burst {
@@ -286,9 +341,9 @@ async fn copy(from: &Sock, to: &Sock, tally: &Tally<'_>) -> io::Result<()> {
 }
 
 /// Reads once into `buf` and writes it on at once, as far as `to` takes it.
-fn relay(ready: &mut ReadGuard<'_>, to: &Sock, buf: &mut [u8], tally: &Tally<'_>) -> io::Result<Burst> {
+fn relay(ready: &mut ReadGuard<'_>, to: &Sock, buf: &mut [u8], tally: &Tally<'_>) -> Result<Burst, Failure> {
     let n = match ready.try_io(|fd| fd.get_ref().read(buf)) {
-        Ok(result) => result?,
+        Ok(result) => result.map_err(Failure::Read)?,
         Err(_would_block) => return Ok(Burst::More),
     };
     if n == 0 {
@@ -305,17 +360,17 @@ fn relay(ready: &mut ReadGuard<'_>, to: &Sock, buf: &mut [u8], tally: &Tally<'_>
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Ok(Burst::Backlog(buf[sent..n].to_vec()));
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(Failure::Write(e)),
         }
     }
     Ok(Burst::More)
 }
 
-async fn write_all(to: &Sock, mut data: &[u8], tally: &Tally<'_>) -> io::Result<()> {
+async fn write_all(to: &Sock, mut data: &[u8], tally: &Tally<'_>) -> Result<(), Failure> {
     while !data.is_empty() {
-        let mut ready = to.writable().await?;
+        let mut ready = to.writable().await.map_err(Failure::Write)?;
         if let Ok(written) = ready.try_io(|fd| fd.get_ref().write(data)) {
-            let n = written?;
+            let n = written.map_err(Failure::Write)?;
             data = &data[n..];
             tally.moved(n);
         }

@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
 
-use super::{ReadGuard, Sock, Tally, copy, half_close};
+use super::{Failure, ReadGuard, Sock, Tally, copy, half_close};
 
 /// Empty pipes kept for reuse.
 const POOL_MAX: usize = 256;
@@ -80,9 +80,9 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 }
 
 /// Forwards `from` → `to` through pipes until EOF, then half-closes `to`.
-pub async fn forward(from: &Sock, to: &Sock, tally: &Tally<'_>) -> io::Result<()> {
+pub(super) async fn forward(from: &Sock, to: &Sock, tally: &Tally<'_>) -> Result<(), Failure> {
     loop {
-        let mut ready = from.readable().await?;
+        let mut ready = from.readable().await.map_err(Failure::Read)?;
         // The copy fallbacks are rare: boxed, they stay out of every connection's future.
         let Some(pipe) = Pipe::take() else {
             drop(ready);
@@ -124,7 +124,7 @@ enum Pumped {
 
 /// Fills the empty pipe from the source once and drains it into `to` as far
 /// as `to` takes it now, without waiting.
-fn pump(ready: &mut ReadGuard<'_>, to: &Sock, pipe: &Pipe, tally: &Tally<'_>) -> io::Result<Pumped> {
+fn pump(ready: &mut ReadGuard<'_>, to: &Sock, pipe: &Pipe, tally: &Tally<'_>) -> Result<Pumped, Failure> {
     // The pipe is empty here, so EAGAIN can only mean the socket is drained.
     let source = ready.get_ref().as_raw_fd();
     let filled = match ready.try_io(|_| splice(source, pipe.write.as_raw_fd(), SPLICE_CHUNK)) {
@@ -135,7 +135,7 @@ fn pump(ready: &mut ReadGuard<'_>, to: &Sock, pipe: &Pipe, tally: &Tally<'_>) ->
         Ok(0) => return Ok(Pumped::Eof),
         Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Pumped::Unsupported),
-        Err(e) => return Err(e),
+        Err(e) => return Err(Failure::Read(e)),
     };
     // No `drained` shortcut here: a non-blocking splice makes one pass and
     // stops when the pipe's slots are full, so a short splice does not mean
@@ -147,19 +147,19 @@ fn pump(ready: &mut ReadGuard<'_>, to: &Sock, pipe: &Pipe, tally: &Tally<'_>) ->
                 tally.moved(n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Pumped::Stuck(in_pipe)),
-            Err(e) => return Err(e),
+            Err(e) => return Err(Failure::Write(e)),
         }
     }
     Ok(Pumped::Again)
 }
 
 /// Empties the pipe into `to`, waiting for room as needed.
-async fn drain(to: &Sock, pipe: &Pipe, mut in_pipe: usize, tally: &Tally<'_>) -> io::Result<()> {
+async fn drain(to: &Sock, pipe: &Pipe, mut in_pipe: usize, tally: &Tally<'_>) -> Result<(), Failure> {
     while in_pipe > 0 {
-        let mut ready = to.writable().await?;
+        let mut ready = to.writable().await.map_err(Failure::Write)?;
         // The pipe holds data here, so EAGAIN means the socket is full.
         if let Ok(moved) = ready.try_io(|fd| splice(pipe.read.as_raw_fd(), fd.as_raw_fd(), in_pipe)) {
-            let n = moved?;
+            let n = moved.map_err(Failure::Write)?;
             in_pipe -= n;
             tally.moved(n);
         }
