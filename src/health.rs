@@ -21,6 +21,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::alarm::Alarm;
 use crate::config::HealthCheck;
 
 /// First ejection period; it doubles with each further failure.
@@ -162,6 +163,16 @@ pub struct Ejection {
     consecutive_failures: AtomicU32,
     /// Ms since `born` until which the backend is skipped; 0: not ejected.
     until_ms: AtomicU64,
+    /// Logs ejections once, not once per refused client.
+    alarm: Alarm,
+}
+
+/// A failed connect that ejected its backend, and deserves a log line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ejected {
+    pub period: Duration,
+    /// Ejections since the last line that were not logged.
+    pub repeated: u64,
 }
 
 impl Default for Ejection {
@@ -170,6 +181,7 @@ impl Default for Ejection {
             born: Instant::now(),
             consecutive_failures: AtomicU32::new(0),
             until_ms: AtomicU64::new(0),
+            alarm: Alarm::new(),
         }
     }
 }
@@ -180,28 +192,37 @@ impl Ejection {
         until != 0 && (self.born.elapsed().as_millis() as u64) < until
     }
 
-    /// Records a failed connect; returns the ejection period when this
-    /// failure ejects the backend (`eject_after` 0 never ejects).
-    pub fn failed(&self, eject_after: u32) -> Option<Duration> {
-        let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+    /// Records a failed connect (`eject_after` 0 never ejects). A failure
+    /// that ejects the backend, or ejects it again once its period is over,
+    /// returns the new period when a line is due (see [`Alarm`]); one while
+    /// it is ejected (every backend was down, so it was tried anyway) only
+    /// extends the ejection.
+    pub fn failed(&self, eject_after: u32) -> Option<Ejected> {
+        let failures = self.consecutive_failures.fetch_add(1, Relaxed).saturating_add(1);
         if eject_after == 0 || failures < eject_after {
             return None;
         }
+        let already = self.is_ejected();
         let doublings = (failures - eject_after).min(6);
         let period = (EJECT_BASE * 2u32.pow(doublings)).min(EJECT_MAX);
         let until = self.born.elapsed() + period;
         self.until_ms.store(until.as_millis() as u64, Relaxed);
-        Some(period)
+        if already {
+            return None;
+        }
+        let repeated = self.alarm.raise()?;
+        Some(Ejected { period, repeated })
     }
 
-    /// Records a successful connect; true when it ends an ejection.
-    pub fn succeeded(&self, eject_after: u32) -> bool {
+    /// Records a successful connect; true when it ends an ejection that was
+    /// logged, so that its end is logged once too.
+    pub fn succeeded(&self) -> bool {
         if self.consecutive_failures.load(Relaxed) == 0 {
             return false; // the common case: no write to a shared line
         }
         self.until_ms.store(0, Relaxed);
-        let failures = self.consecutive_failures.swap(0, Relaxed);
-        eject_after > 0 && failures >= eject_after
+        self.consecutive_failures.store(0, Relaxed);
+        self.alarm.clear()
     }
 }
 
@@ -212,19 +233,29 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ejection_backs_off_and_success_restores() {
         let e = Ejection::default();
+        let ejected = |period, repeated| {
+            Some(Ejected {
+                period: Duration::from_secs(period),
+                repeated,
+            })
+        };
         assert_eq!(e.failed(3), None);
         assert_eq!(e.failed(3), None);
-        assert_eq!(e.failed(3), Some(Duration::from_secs(1)));
+        assert_eq!(e.failed(3), ejected(1, 0));
         assert!(e.is_ejected());
-        sleep(Duration::from_millis(1100)).await;
+        assert_eq!(e.failed(3), None, "a failure while ejected only extends it");
+        sleep(Duration::from_millis(2100)).await;
         assert!(!e.is_ejected(), "ejection ends after its period");
+        assert_eq!(e.failed(3), None, "ejected again, but the line is not due yet");
+        assert!(e.is_ejected());
+        sleep(Duration::from_secs(60)).await;
         assert_eq!(
             e.failed(3),
-            Some(Duration::from_secs(2)),
-            "a further failure doubles it"
+            ejected(8, 1),
+            "a minute on: one line, counting the ejection not logged"
         );
-        assert!(e.succeeded(3));
-        assert!(!e.succeeded(3), "nothing to restore twice");
+        assert!(e.succeeded());
+        assert!(!e.succeeded(), "nothing to restore twice");
         assert!(!e.is_ejected());
         assert_eq!(e.failed(3), None, "a success starts the count over");
         assert_eq!(

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use crate::Error;
 use crate::admin::Admin;
+use crate::alarm::Alarm;
 use crate::balancer::{Pool, Upstream};
 use crate::config::{BackendSource, Config, Listener, Protocol};
 use crate::discovery::Registry;
@@ -303,7 +304,7 @@ impl Running {
             metrics: self.metrics.listener(&listener.name),
             active: lasting.active.clone(),
             removed: lasting.removed.child_token(),
-            failing: AtomicBool::new(false),
+            failing: Alarm::new(),
             hard_stop: self.hard_stop.clone(),
         })
     }

@@ -393,3 +393,17 @@ async fn port_in_use_names_the_listener() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_refusing_backend_is_logged_once_not_once_per_client() {
+    let dead = dead_addr().await;
+    let (logs, _capture) = common::Logs::capture();
+    let sluice = Sluice::start(&static_config(&[dead], "")).await;
+    for _ in 0..1000 {
+        let mut stream = TcpStream::connect(sluice.addr()).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    }
+    assert_eq!(logs.count("backend ejected"), 1, "{}", logs.text());
+    assert_eq!(logs.count("no backend accepted"), 1, "{}", logs.text());
+}

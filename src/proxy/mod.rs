@@ -14,7 +14,7 @@ pub mod udp;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use metrics::Counter;
@@ -29,6 +29,7 @@ use tokio::time::{Instant, sleep_until};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::alarm::Alarm;
 use crate::balancer::{Member, Upstream};
 use crate::config::Listener;
 use crate::metrics::ListenerMetrics;
@@ -44,8 +45,8 @@ pub struct Context {
     pub active: Arc<AtomicUsize>,
     /// Cancelled when a reload removes the listener: its connections drain.
     pub removed: CancellationToken,
-    /// Connections found no backend lately (so that is logged once).
-    pub failing: AtomicBool,
+    /// Connections find no backend (logged once, not per connection).
+    pub failing: Alarm,
     /// Cancelled when the shutdown grace is over: open connections close.
     pub hard_stop: CancellationToken,
 }

@@ -16,7 +16,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::{Context, Lease, Sock, forward};
+use crate::alarm::Alarm;
 use crate::balancer::Member;
+use crate::health::Ejected;
 
 /// Distinct backends tried for one client before giving up.
 const MAX_ATTEMPTS: usize = 3;
@@ -36,7 +38,7 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let name = current.load().config.name.clone();
-    let mut accept_failing = false;
+    let accept_failing = Alarm::new();
     loop {
         let permit = tokio::select! {
             permit = limit.clone().acquire_owned() => match permit {
@@ -48,13 +50,14 @@ pub async fn serve(
         let (client, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => {
-                    accept_failing = false;
+                    if accept_failing.clear() {
+                        info!(listener = %name, "accepting again");
+                    }
                     accepted
                 }
                 Err(e) => {
-                    if !accept_failing {
-                        warn!(listener = %name, error = %e, "accept failed, backing off");
-                        accept_failing = true;
+                    if let Some(repeated) = accept_failing.raise() {
+                        warn!(listener = %name, error = %e, repeated, "accept failed, backing off");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
@@ -100,8 +103,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
     // Best effort: a socket that cannot take options still forwards correctly.
     let _ = client.set_nodelay(true);
     let Some(pool) = ctx.upstream.pool(config.connect_timeout).await else {
-        if !ctx.failing.swap(true, Relaxed) {
-            warn!(listener = name, %peer, "no discovery answer yet, closing connections");
+        if let Some(repeated) = ctx.failing.raise() {
+            warn!(listener = name, %peer, repeated, "no discovery answer yet, closing connections");
         }
         return;
     };
@@ -165,10 +168,10 @@ async fn connect(
         let eject_after = ctx.config.eject_after;
         let error = match timeout(ctx.config.connect_timeout, TcpStream::connect(member.addr())).await {
             Ok(Ok(stream)) => {
-                if member.stats.ejection.succeeded(eject_after) {
+                if member.stats.ejection.succeeded() {
                     info!(listener = name, backend = %member.addr(), "backend accepts connections again");
                 }
-                if ctx.failing.swap(false, Relaxed) {
+                if ctx.failing.clear() {
                     info!(listener = name, "connections reach backends again");
                 }
                 return Some((stream, member.clone()));
@@ -177,19 +180,19 @@ async fn connect(
             Err(_) => format!("no answer within {:?}", ctx.config.connect_timeout),
         };
         member.stats.connect_failures.fetch_add(1, Relaxed);
-        if let Some(period) = member.stats.ejection.failed(eject_after) {
-            warn!(listener = name, backend = %member.addr(), ?period, error, "backend ejected after repeated connect failures");
+        if let Some(Ejected { period, repeated }) = member.stats.ejection.failed(eject_after) {
+            warn!(listener = name, backend = %member.addr(), ?period, repeated, error, "backend ejected after repeated connect failures");
         } else {
             debug!(listener = name, backend = %member.addr(), error, "connect failed, trying another backend");
         }
     }
     // Said once until a connection gets through again, not once per client.
-    if !ctx.failing.swap(true, Relaxed) {
+    if let Some(repeated) = ctx.failing.raise() {
         if attempts == 0 {
-            warn!(listener = name, %peer, "no backends, closing connections");
+            warn!(listener = name, %peer, repeated, "no backends, closing connections");
         } else {
             let tried: Vec<String> = tried[..attempts].iter().map(ToString::to_string).collect();
-            warn!(listener = name, %peer, tried = %tried.join(" "), "no backend accepted, closing connections");
+            warn!(listener = name, %peer, repeated, tried = %tried.join(" "), "no backend accepted, closing connections");
         }
     }
     None

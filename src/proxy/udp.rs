@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Activity, Context, Lease};
+use crate::alarm::Alarm;
 use crate::balancer::Pool;
 
 /// Flows closed at once when no socket can be opened (descriptors exhausted).
@@ -113,12 +114,14 @@ impl Relay {
 
     async fn run(mut self, shutdown: CancellationToken) {
         let mut buf = vec![0; MAX_DATAGRAM];
-        let mut recv_failing = false;
+        let recv_failing = Alarm::new();
         loop {
             tokio::select! {
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((n, client)) => {
-                        recv_failing = false;
+                        if recv_failing.clear() {
+                            info!(listener = %self.ctx.config.name, "receiving again");
+                        }
                         if !Arc::ptr_eq(&self.ctx, &self.current.load()) {
                             self.ctx = self.current.load_full();
                             self.waited = false;
@@ -130,9 +133,8 @@ impl Relay {
                         }
                     }
                     Err(e) => {
-                        if !recv_failing {
-                            warn!(listener = %self.ctx.config.name, error = %e, "receive failed");
-                            recv_failing = true;
+                        if let Some(repeated) = recv_failing.raise() {
+                            warn!(listener = %self.ctx.config.name, error = %e, repeated, "receive failed");
                         }
                     }
                 },
@@ -252,13 +254,13 @@ impl Relay {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 member.stats.connect_failures.fetch_add(1, Relaxed);
-                if !ctx.failing.swap(true, Relaxed) {
-                    warn!(listener = %ctx.config.name, backend = %member.addr(), error = %e, "cannot open UDP sockets, dropping datagrams of new flows");
+                if let Some(repeated) = ctx.failing.raise() {
+                    warn!(listener = %ctx.config.name, backend = %member.addr(), error = %e, repeated, "cannot open UDP sockets, dropping datagrams of new flows");
                 }
                 return false;
             }
         };
-        if ctx.failing.swap(false, Relaxed) {
+        if ctx.failing.clear() {
             info!(listener = %ctx.config.name, "UDP sockets can be opened again");
         }
         self.next_id += 1;

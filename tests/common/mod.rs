@@ -25,15 +25,19 @@ pub enum Mode {
     NxDomain,
     /// Reply with bytes that are not a DNS message.
     Garbage,
+    /// Reply with the answer under another transaction ID (a forgery).
+    WrongId,
+    Refused,
 }
 
-/// One SRV record: target `host-<ip>.node.dc1.consul.` with the IP as glue
-/// unless `glue` is false (then only an A query finds it).
+/// One SRV record: target `host-<ip>.node.dc1.consul.` (or `target`) with
+/// the IP as glue unless `glue` is false (then only an A query finds it).
 #[derive(Debug, Clone, Copy)]
 pub struct Srv {
     pub addr: SocketAddr,
     pub priority: u16,
     pub glue: bool,
+    pub target: Option<&'static str>,
 }
 
 impl Srv {
@@ -42,6 +46,14 @@ impl Srv {
             addr,
             priority: 1,
             glue: true,
+            target: None,
+        }
+    }
+
+    fn target(&self) -> Name {
+        match self.target {
+            Some(name) => Name::from_ascii(name).unwrap(),
+            None => target_name(self.addr.ip()),
         }
     }
 }
@@ -50,6 +62,9 @@ impl Srv {
 struct Zone {
     services: HashMap<String, Vec<Srv>>,
     mode: Option<Mode>,
+    /// Modes for queries of one name, or of one record type.
+    name_modes: HashMap<String, Mode>,
+    type_modes: HashMap<RecordType, Mode>,
 }
 
 /// A DNS server on 127.0.0.1 (UDP and TCP on one port) that answers SRV
@@ -61,6 +76,8 @@ pub struct FakeDns {
     zone: Arc<Mutex<Zone>>,
     pub udp_queries: Arc<AtomicUsize>,
     pub tcp_queries: Arc<AtomicUsize>,
+    /// Queries for anything but SRV (target lookups).
+    pub target_queries: Arc<AtomicUsize>,
 }
 
 fn target_name(ip: IpAddr) -> Name {
@@ -82,6 +99,7 @@ impl FakeDns {
             zone: Arc::default(),
             udp_queries: Arc::default(),
             tcp_queries: Arc::default(),
+            target_queries: Arc::default(),
         };
         let server = dns.clone();
         tokio::spawn(async move {
@@ -140,6 +158,20 @@ impl FakeDns {
         self.zone.lock().unwrap().mode = Some(mode);
     }
 
+    /// How queries for `name` (fully qualified) are treated, whatever the mode.
+    pub fn set_name_mode(&self, name: &str, mode: Mode) {
+        self.zone
+            .lock()
+            .unwrap()
+            .name_modes
+            .insert(name.to_ascii_lowercase(), mode);
+    }
+
+    /// How queries of `kind` are treated, whatever the mode.
+    pub fn set_type_mode(&self, kind: RecordType, mode: Mode) {
+        self.zone.lock().unwrap().type_modes.insert(kind, mode);
+    }
+
     fn reply(&self, query: &[u8], udp: bool) -> Option<Vec<u8>> {
         let request = Message::from_vec(query).ok()?;
         let zone = self.zone.lock().unwrap();
@@ -152,16 +184,28 @@ impl FakeDns {
         }
         let question = request.queries.first()?;
         let qname = question.name().to_ascii().to_ascii_lowercase();
-        match mode {
+        if question.query_type() != RecordType::SRV {
+            self.target_queries.fetch_add(1, Relaxed);
+        }
+        let mode = zone
+            .name_modes
+            .get(&qname)
+            .or(zone.type_modes.get(&question.query_type()))
+            .copied()
+            .unwrap_or(mode);
+        let forged = mode == Mode::WrongId;
+        match if forged { Mode::Answer } else { mode } {
             Mode::Silent => return None,
             Mode::Garbage => return Some(vec![0xde, 0xad, 0xbe, 0xef]),
             Mode::ServFail => reply.metadata.response_code = ResponseCode::ServFail,
             Mode::NxDomain => reply.metadata.response_code = ResponseCode::NXDomain,
+            Mode::Refused => reply.metadata.response_code = ResponseCode::Refused,
+            Mode::WrongId => unreachable!("answered, then forged"),
             Mode::Answer => match question.query_type() {
                 RecordType::SRV => match zone.services.get(&qname) {
                     Some(records) => {
                         for srv in records {
-                            let target = target_name(srv.addr.ip());
+                            let target = srv.target();
                             let rdata = SRV::new(srv.priority, 1, srv.addr.port(), target.clone());
                             reply.add_answer(Record::from_rdata(
                                 question.name().clone(),
@@ -180,8 +224,8 @@ impl FakeDns {
                         .services
                         .values()
                         .flatten()
-                        .map(|s| s.addr.ip())
-                        .find(|ip| target_name(*ip).to_ascii().eq_ignore_ascii_case(&qname));
+                        .find(|s| s.target().to_ascii().eq_ignore_ascii_case(&qname))
+                        .map(|s| s.addr.ip());
                     match ip {
                         Some(IpAddr::V4(ip)) => {
                             reply.add_answer(Record::from_rdata(
@@ -195,6 +239,9 @@ impl FakeDns {
                 }
                 _ => {}
             },
+        }
+        if forged {
+            reply.metadata.id = request.metadata.id.wrapping_add(1);
         }
         let bytes = reply.to_vec().ok()?;
         let limit = request
@@ -441,4 +488,69 @@ pub async fn request(addr: SocketAddr) -> u16 {
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("bad reply {reply:?}"))
+}
+
+/// Log lines of sluice written on this thread while the guard lives (use a
+/// current-thread test runtime, `#[tokio::test]`'s default, so that every
+/// task logs here). One global subscriber serves every test of the binary:
+/// per-thread default subscribers miss events whose interest another test
+/// thread cached first.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+thread_local! {
+    static CAPTURING: std::cell::RefCell<Option<Logs>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Stops capturing when dropped.
+pub struct Capture;
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        CAPTURING.set(None);
+    }
+}
+
+/// Writes to the capture of the thread it runs on, if any.
+struct ThreadWriter;
+
+impl std::io::Write for ThreadWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CAPTURING.with_borrow(|logs| {
+            if let Some(logs) = logs {
+                logs.0.lock().unwrap().extend_from_slice(buf);
+            }
+        });
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    pub fn capture() -> (Logs, Capture) {
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter("sluice=debug")
+                .with_ansi(false)
+                .with_writer(|| ThreadWriter)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).unwrap();
+        });
+        let logs = Logs::default();
+        CAPTURING.set(Some(logs.clone()));
+        (logs, Capture)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Lines containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.text().lines().filter(|l| l.contains(needle)).count()
+    }
 }
