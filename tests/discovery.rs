@@ -205,3 +205,159 @@ async fn listeners_with_the_same_query_share_one_lookup() {
         "{per_refresh} queries per refresh"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_target_that_cannot_be_resolved_is_skipped_and_the_rest_used() {
+    // Consul returns a service registered with a host name as a target
+    // outside its zone; that name's lookup may be refused.
+    for mode in [Mode::Refused, Mode::ServFail] {
+        let dns = FakeDns::start().await;
+        let b = echo_backends(2).await;
+        let elsewhere = Srv {
+            glue: false,
+            target: Some("db.example.org."),
+            ..Srv::new("127.0.0.1:9".parse().unwrap())
+        };
+        dns.set_name_mode("db.example.org.", mode);
+        dns.set("redis", vec![Srv::new(b[0].addr), elsewhere]);
+        let sluice = Sluice::start(&dns_config(&dns, "redis", "")).await;
+        assert_eq!(backend_port(sluice.addr()).await, b[0].addr.port(), "{mode:?}");
+
+        // A later instance is still seen: the set is not frozen.
+        dns.set("redis", vec![Srv::new(b[0].addr), Srv::new(b[1].addr), elsewhere]);
+        sleep(2 * REFRESH).await;
+        let want = [b[0].addr, b[1].addr];
+        assert_eq!(
+            keys(&ports_seen(sluice.addr(), 4).await),
+            ports(&want),
+            "{mode:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unspecified_broadcast_and_multicast_addresses_never_become_backends() {
+    let dns = FakeDns::start().await;
+    let b = echo_backends(2).await;
+    // 0.0.0.0:<b1> would reach b[1], which listens on 127.0.0.1.
+    let hostile = ["0.0.0.0", "255.255.255.255", "224.0.0.1"]
+        .map(|ip| Srv::new(SocketAddr::new(ip.parse().unwrap(), b[1].addr.port())));
+    let mut records = vec![Srv::new(b[0].addr)];
+    records.extend(hostile);
+    dns.set("redis", records);
+    let (logs, _guard) = common::Logs::capture();
+    let sluice = Sluice::start(&dns_config(&dns, "redis", "")).await;
+    assert_eq!(keys(&ports_seen(sluice.addr(), 6).await), ports(&[b[0].addr]));
+    sleep(5 * REFRESH).await;
+    assert_eq!(logs.count("cannot be a backend"), 1, "{}", logs.text());
+}
+
+#[tokio::test(start_paused = true)]
+async fn glueless_targets_are_looked_up_a_bounded_number_at_a_time() {
+    let dns = FakeDns::start().await;
+    let records: Vec<Srv> = (0..1500u32)
+        .map(|i| Srv {
+            glue: false,
+            ..Srv::new(SocketAddr::from(([127, 1, (i >> 8) as u8, i as u8], 7000)))
+        })
+        .collect();
+    dns.set("graphite", records);
+    // Target lookups are never answered.
+    dns.set_type_mode(hickory_proto::rr::RecordType::A, Mode::Silent);
+    dns.set_type_mode(hickory_proto::rr::RecordType::AAAA, Mode::Silent);
+    let _sluice = Sluice::start(&dns_config(&dns, "graphite", "")).await;
+    sleep(REFRESH / 2).await;
+    let first = dns.target_queries.load(Relaxed);
+    assert!(first <= 2 * 16, "{first} target queries at once");
+    sleep(10 * REFRESH).await;
+    let per_refresh = dns.target_queries.load(Relaxed) / 10;
+    assert!(per_refresh <= 4 * 16, "{per_refresh} target queries per refresh");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_with_several_ports_is_looked_up_once_per_refresh() {
+    let dns = FakeDns::start().await;
+    let b = echo_backends(3).await;
+    let records = b
+        .iter()
+        .map(|b| Srv {
+            glue: false,
+            target: Some("node1.node.dc1.consul."),
+            ..Srv::new(b.addr)
+        })
+        .collect();
+    dns.set("redis", records);
+    let sluice = Sluice::start(&dns_config(&dns, "redis", "")).await;
+    assert_eq!(keys(&ports_seen(sluice.addr(), 3).await).len(), 3);
+    let before = dns.target_queries.load(Relaxed);
+    sleep(10 * REFRESH).await;
+    // One A and one AAAA query per refresh.
+    let per_refresh = (dns.target_queries.load(Relaxed) - before) as f64 / 10.0;
+    assert!((1.8..=2.2).contains(&per_refresh), "{per_refresh}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_that_stops_resolving_keeps_its_last_address() {
+    let dns = FakeDns::start().await;
+    let b = echo_backends(2).await;
+    let glueless = Srv {
+        glue: false,
+        ..Srv::new(b[1].addr)
+    };
+    dns.set("redis", vec![Srv::new(b[0].addr), glueless]);
+    let sluice = Sluice::start(&dns_config(&dns, "redis", "")).await;
+    let both = [b[0].addr, b[1].addr];
+    assert_eq!(keys(&ports_seen(sluice.addr(), 4).await), ports(&both));
+    dns.set_type_mode(hickory_proto::rr::RecordType::A, Mode::ServFail);
+    sleep(5 * REFRESH).await;
+    assert_eq!(keys(&ports_seen(sluice.addr(), 4).await), ports(&both));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_are_logged_once_per_change_not_per_refresh() {
+    let dns = FakeDns::start().await;
+    let b = echo_backends(1).await;
+    let gone = Srv {
+        glue: false,
+        target: Some("gone.node.dc1.consul."),
+        ..Srv::new("127.0.0.1:9".parse().unwrap())
+    };
+    dns.set_name_mode("gone.node.dc1.consul.", Mode::NxDomain);
+    dns.set("redis", vec![Srv::new(b[0].addr), gone]);
+    let (logs, _guard) = common::Logs::capture();
+    let _sluice = Sluice::start(&dns_config(&dns, "redis", "")).await;
+    sleep(20 * REFRESH).await;
+    assert_eq!(logs.count("left out"), 1, "{}", logs.text());
+
+    // Lookups failing with a different text each time: still one line.
+    dns.set_mode(Mode::ServFail);
+    sleep(20 * REFRESH).await;
+    dns.set_mode(Mode::Garbage);
+    sleep(20 * REFRESH).await;
+    assert_eq!(logs.count("lookup failed"), 1, "{}", logs.text());
+    dns.set_mode(Mode::Answer);
+    sleep(2 * REFRESH).await;
+    assert_eq!(logs.count("lookups succeed again"), 1, "{}", logs.text());
+}
+
+#[tokio::test(start_paused = true)]
+async fn forged_and_garbage_answers_are_reported_as_such() {
+    let dns = FakeDns::start().await;
+    let b = echo_backends(1).await;
+    dns.set_backends("redis", &[b[0].addr]);
+    let config = dns_config(&dns, "redis", "") + "";
+    let config = format!("metrics = \"127.0.0.1:0\"\n{config}");
+    let sluice = Sluice::start(&config).await;
+    assert_eq!(backend_port(sluice.addr()).await, b[0].addr.port());
+    for (mode, want) in [
+        (Mode::WrongId, "reply with ID"),
+        (Mode::Garbage, "not a DNS message"),
+    ] {
+        dns.set_mode(mode);
+        sleep(5 * REFRESH).await;
+        let (_, status) = common::http_get(sluice.metrics.unwrap(), "/status").await;
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let error = status["queries"][0]["last_error"].as_str().unwrap_or_default();
+        assert!(error.contains(want), "{mode:?}: {error}");
+    }
+}

@@ -7,7 +7,7 @@
 //! resolver's lookups drop), the exact response code, and control over
 //! EDNS0, TC → TCP retry and TCP-only mode. Nothing is cached: Consul's TTL is 0.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -24,12 +24,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Backend, BackendSet, Diff, QueryState, Snapshot};
+use crate::alarm::Alarm;
 use crate::config::SrvQuery;
 
 /// EDNS0 payload size we advertise; Consul and BIND answer up to this over UDP.
 const EDNS_PAYLOAD: u16 = 4096;
 /// Upper bound on one exchange (UDP, plus the TCP retry if truncated).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// SRV targets without glue looked up at once, per query.
+const TARGET_LOOKUPS_AT_ONCE: usize = 16;
 
 /// Why a lookup gave no usable answer. The last good set stays in place.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,13 @@ pub enum LookupError {
         kind: RecordType,
         code: ResponseCode,
     },
+}
+
+/// Reply datagrams skipped while waiting for the answer.
+#[derive(Default)]
+struct Ignored {
+    count: usize,
+    last: Option<String>,
 }
 
 /// What a successful SRV lookup found.
@@ -111,13 +121,14 @@ impl DnsClient {
         };
         let bytes = request.to_vec().map_err(|e| err(io::Error::other(e)))?;
 
+        // Datagrams that were not the answer (forged, stray, garbage) are
+        // skipped; if nothing else comes, the error says what they were.
+        let mut ignored = Ignored::default();
         let exchange = async {
             if !tcp {
                 let reply = self
-                    .exchange_udp(&bytes, request.metadata.id)
-                    .await
-                    .map_err(err)?;
-                let reply = self.check(&request, &reply, name, kind)?;
+                    .exchange_udp(&bytes, &request, name, kind, &mut ignored)
+                    .await?;
                 if !reply.metadata.truncation {
                     return Ok(reply);
                 }
@@ -126,26 +137,54 @@ impl DnsClient {
             let reply = self.exchange_tcp(&bytes).await.map_err(err)?;
             self.check(&request, &reply, name, kind)
         };
-        timeout(QUERY_TIMEOUT, exchange).await.unwrap_or_else(|_| {
-            Err(LookupError::Timeout {
-                name: name.clone(),
-                kind,
-                timeout: QUERY_TIMEOUT,
-            })
-        })
+        match timeout(QUERY_TIMEOUT, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(match ignored.last {
+                Some(reason) => LookupError::Malformed {
+                    name: name.clone(),
+                    kind,
+                    reason: format!(
+                        "no valid answer within {QUERY_TIMEOUT:?}; {} reply datagram(s) ignored, the last: {reason}",
+                        ignored.count
+                    ),
+                },
+                None => LookupError::Timeout {
+                    name: name.clone(),
+                    kind,
+                    timeout: QUERY_TIMEOUT,
+                },
+            }),
+        }
     }
 
-    async fn exchange_udp(&self, request: &[u8], id: u16) -> io::Result<Vec<u8>> {
-        let socket = UdpSocket::bind(crate::net::any_addr_like(self.server)).await?;
-        socket.connect(self.server).await?;
-        socket.send(request).await?;
+    /// Sends `bytes` and waits for the datagram that answers `request`.
+    async fn exchange_udp(
+        &self,
+        bytes: &[u8],
+        request: &Message,
+        name: &Name,
+        kind: RecordType,
+        ignored: &mut Ignored,
+    ) -> Result<Message, LookupError> {
+        let err = |source: io::Error| LookupError::Io {
+            name: name.clone(),
+            kind,
+            source,
+        };
+        let socket = UdpSocket::bind(crate::net::any_addr_like(self.server))
+            .await
+            .map_err(err)?;
+        socket.connect(self.server).await.map_err(err)?;
+        socket.send(bytes).await.map_err(err)?;
         let mut buf = vec![0; usize::from(u16::MAX)];
         loop {
-            let n = socket.recv(&mut buf).await?;
-            // Skip stray datagrams (a late answer to an earlier query).
-            if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id {
-                buf.truncate(n);
-                return Ok(buf);
+            let n = socket.recv(&mut buf).await.map_err(err)?;
+            match self.check(request, &buf[..n], name, kind) {
+                Err(LookupError::Malformed { reason, .. }) => {
+                    ignored.count += 1;
+                    ignored.last = Some(reason);
+                }
+                checked => return checked,
             }
         }
     }
@@ -175,9 +214,13 @@ impl DnsClient {
             kind,
             reason,
         };
-        let reply = Message::from_vec(reply).map_err(|e| malformed(e.to_string()))?;
-        if reply.metadata.id != request.metadata.id || reply.metadata.message_type != MessageType::Response {
-            return Err(malformed("not a response to our query".into()));
+        let reply = Message::from_vec(reply).map_err(|e| malformed(format!("not a DNS message: {e}")))?;
+        if reply.metadata.id != request.metadata.id {
+            let (got, want) = (reply.metadata.id, request.metadata.id);
+            return Err(malformed(format!("reply with ID {got}, expected {want}")));
+        }
+        if reply.metadata.message_type != MessageType::Response {
+            return Err(malformed("a query, not a response".into()));
         }
         if reply.queries != request.queries {
             return Err(malformed("answers a different question".into()));
@@ -301,66 +344,172 @@ async fn resolve_target(client: DnsClient, target: Name, tcp: bool) -> Result<Ve
     Ok(addrs)
 }
 
+/// Looks up `names` (distinct targets, most wanted first), at most
+/// [`TARGET_LOOKUPS_AT_ONCE`] at a time and all within [`QUERY_TIMEOUT`]:
+/// an SRV answer with thousands of glueless targets costs a bounded number
+/// of sockets and time. Targets not reached in time have no result.
+async fn resolve_targets(
+    client: &DnsClient,
+    names: Vec<Name>,
+    tcp: bool,
+) -> HashMap<Name, Result<Vec<IpAddr>, LookupError>> {
+    let deadline = Instant::now() + QUERY_TIMEOUT;
+    let mut pending = names.into_iter();
+    let mut running = JoinSet::new();
+    let mut results = HashMap::new();
+    loop {
+        while running.len() < TARGET_LOOKUPS_AT_ONCE {
+            let Some(name) = pending.next() else { break };
+            let client = client.clone();
+            running.spawn(async move {
+                let addrs = resolve_target(client, name.clone(), tcp).await;
+                (name, addrs)
+            });
+        }
+        match tokio::time::timeout_at(deadline, running.join_next()).await {
+            Ok(Some(Ok((name, addrs)))) => {
+                results.insert(name, addrs);
+            }
+            // A lookup task that died: its target is as if not reached.
+            Ok(Some(Err(_))) => {}
+            // All done, or out of time (the rest are aborted with the set).
+            Ok(None) | Err(_) => return results,
+        }
+    }
+}
+
+/// Addresses of SRV targets that came without glue, kept from one refresh
+/// to the next: a target whose lookup fails (a timeout, SERVFAIL, or no time
+/// left) keeps the addresses it had, as the whole set does when the SRV
+/// lookup itself fails.
+#[derive(Debug, Default)]
+pub struct KnownTargets(HashMap<Name, (Vec<IpAddr>, Instant)>);
+
+impl KnownTargets {
+    /// The order to look `names` up in: never resolved first, then the
+    /// longest ago, so that a slow server still gets to every target.
+    fn order(&self, mut names: Vec<Name>) -> Vec<Name> {
+        names.sort_by_key(|n| self.0.get(n).map(|(_, at)| *at));
+        names
+    }
+}
+
+/// What a lookup left out of the set, and why (logged when it changes).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LeftOut {
+    /// SRV targets with no address to use.
+    pub targets: BTreeMap<Name, String>,
+    /// Addresses that cannot be a backend (0.0.0.0, broadcast, multicast).
+    pub addrs: BTreeMap<SocketAddr, &'static str>,
+}
+
 /// One SRV lookup, with the targets that came without glue looked up
-/// concurrently. Any failure fails the whole lookup (keep the last good set);
-/// a target with no address at all is left out with a warning.
-pub async fn lookup(client: &DnsClient, query: &SrvQuery) -> Result<Answer, LookupError> {
+/// (bounded, see [`resolve_targets`]). A failed SRV lookup fails the whole
+/// lookup (the last good set stays); a target that cannot be resolved is left
+/// out, or keeps its last known addresses if it had any, and the rest is used.
+pub async fn lookup(
+    client: &DnsClient,
+    query: &SrvQuery,
+    known: &mut KnownTargets,
+) -> Result<(Answer, LeftOut), LookupError> {
     let name = Name::from_ascii(&query.name).map_err(|e| LookupError::Malformed {
         name: Name::root(),
         kind: RecordType::SRV,
         reason: format!("bad query name {}: {e}", query.name),
     })?;
     let reply = client.query(&name, RecordType::SRV, query.tcp).await?;
+    let mut left_out = LeftOut::default();
     let Some(mut targets) = parse_srv(&reply, &name)? else {
-        return Ok(Answer::Empty);
+        return Ok((Answer::Empty, left_out));
     };
 
-    let missing: HashSet<Name> = targets
+    let missing: HashSet<&Name> = targets
         .iter()
         .filter(|t| t.addrs.is_empty())
-        .map(|t| t.target.clone())
+        .map(|t| &t.target)
         .collect();
-    if !missing.is_empty() {
-        let mut lookups = JoinSet::new();
-        let tcp = query.tcp;
-        for target in missing {
-            let client = client.clone();
-            lookups.spawn(async move {
-                let addrs = resolve_target(client, target.clone(), tcp).await;
-                (target, addrs)
-            });
-        }
-        let mut found: HashMap<Name, Vec<IpAddr>> = HashMap::new();
-        while let Some(joined) = lookups.join_next().await {
-            let (target, addrs) = joined.map_err(|e| LookupError::Io {
-                name: name.clone(),
-                kind: RecordType::SRV,
-                source: io::Error::other(e),
-            })?;
-            found.insert(target, addrs?);
-        }
-        for t in targets.iter_mut().filter(|t| t.addrs.is_empty()) {
-            t.addrs = found.get(&t.target).cloned().unwrap_or_default();
-            if t.addrs.is_empty() {
-                warn!(srv = %name, target = %t.target, "SRV target has no A/AAAA record, skipped");
+    let missing = known.order(missing.into_iter().cloned().collect());
+    let mut found = resolve_targets(client, missing, query.tcp).await;
+    for t in targets.iter_mut().filter(|t| t.addrs.is_empty()) {
+        let result = found.remove(&t.target);
+        let reason = match result {
+            Some(Ok(addrs)) if !addrs.is_empty() => {
+                known.0.insert(t.target.clone(), (addrs.clone(), Instant::now()));
+                t.addrs = addrs;
+                continue;
+            }
+            Some(Ok(_)) => {
+                known.0.remove(&t.target);
+                "no A/AAAA record".to_string()
+            }
+            Some(Err(e)) => e.to_string(),
+            None if found.is_empty() && t.addrs.is_empty() => {
+                format!("not looked up within {QUERY_TIMEOUT:?}")
+            }
+            None => continue, // the same target under another port, done above
+        };
+        match known.0.get(&t.target) {
+            Some((addrs, _)) => t.addrs = addrs.clone(),
+            None => {
+                left_out.targets.insert(t.target.clone(), reason);
             }
         }
     }
+    known
+        .0
+        .retain(|name, _| targets.iter().any(|t| &t.target == name));
 
-    let backends: Vec<Backend> = targets
-        .iter()
-        .flat_map(|t| {
-            t.addrs.iter().map(|ip| Backend {
-                addr: SocketAddr::new(*ip, t.port),
-                priority: t.priority,
-                weight: t.weight,
-            })
-        })
-        .collect();
-    if backends.is_empty() {
-        return Ok(Answer::Empty);
+    let mut backends = Vec::new();
+    for t in &targets {
+        for ip in &t.addrs {
+            let addr = SocketAddr::new(*ip, t.port);
+            match crate::net::unusable_peer(addr) {
+                Some(reason) => {
+                    left_out.addrs.insert(addr, reason);
+                }
+                None => backends.push(Backend {
+                    addr,
+                    priority: t.priority,
+                    weight: t.weight,
+                }),
+            }
+        }
     }
-    Ok(Answer::Backends(BackendSet::new(backends)))
+    if backends.is_empty() {
+        return Ok((Answer::Empty, left_out));
+    }
+    Ok((Answer::Backends(BackendSet::new(backends)), left_out))
+}
+
+/// `a, b, c` for a log line, at most ten of them.
+fn listed<T: std::fmt::Display>(items: impl ExactSizeIterator<Item = T>) -> String {
+    const MAX: usize = 10;
+    let total = items.len();
+    let mut text = items
+        .take(MAX)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if total > MAX {
+        text.push_str(&format!(" and {} more", total - MAX));
+    }
+    text
+}
+
+/// Logs what a lookup left out when that changes, not on every refresh.
+fn report_left_out(srv: &str, before: &LeftOut, now: &LeftOut) {
+    if !before.targets.keys().eq(now.targets.keys()) {
+        if now.targets.is_empty() {
+            info!(srv, "every SRV target has an address again");
+        } else {
+            let skipped = listed(now.targets.iter().map(|(name, why)| format!("{name} ({why})")));
+            warn!(srv, %skipped, "SRV targets without an address are left out");
+        }
+    }
+    if !before.addrs.keys().eq(now.addrs.keys()) && !now.addrs.is_empty() {
+        let dropped = listed(now.addrs.iter().map(|(addr, why)| format!("{addr} ({why})")));
+        warn!(srv, %dropped, "addresses that cannot be a backend are left out");
+    }
 }
 
 /// Refreshes `query` every `refresh` until `shutdown`, publishing each changed
@@ -375,7 +524,9 @@ pub async fn watch(
 ) {
     let name = query.name.as_str();
     let mut empty_since: Option<Instant> = None;
-    let mut last_error: Option<String> = None;
+    let failing = Alarm::new();
+    let mut known = KnownTargets::default();
+    let mut left_out = LeftOut::default();
     let mut ticks = tokio::time::interval(query.refresh);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -384,23 +535,36 @@ pub async fn watch(
             _ = shutdown.cancelled() => return,
         }
         let answer = tokio::select! {
-            answer = lookup(&client, &query) => answer,
+            answer = lookup(&client, &query, &mut known) => answer,
             _ = shutdown.cancelled() => return,
         };
         state.record(match &answer {
-            Ok(answer) => Ok(matches!(answer, Answer::Backends(_))),
+            Ok((answer, _)) => Ok(matches!(answer, Answer::Backends(_))),
             Err(e) => Err(e.to_string()),
         });
-        if answer.is_ok() && last_error.take().is_some() {
-            info!(srv = name, "lookups succeed again");
-        }
+        let answer = match answer {
+            Ok((answer, now_left_out)) => {
+                if failing.clear() {
+                    info!(srv = name, "lookups succeed again");
+                }
+                report_left_out(name, &left_out, &now_left_out);
+                left_out = now_left_out;
+                answer
+            }
+            Err(e) => {
+                if let Some(repeated) = failing.raise() {
+                    warn!(srv = name, error = %e, repeated, "lookup failed, keeping the last good backends");
+                }
+                continue;
+            }
+        };
         let current = tx.borrow().clone();
         let next = match answer {
-            Ok(Answer::Backends(set)) => {
+            Answer::Backends(set) => {
                 empty_since = None;
                 set
             }
-            Ok(Answer::Empty) => {
+            Answer::Empty => {
                 let since = *empty_since.get_or_insert_with(Instant::now);
                 let waited = since.elapsed();
                 match &current {
@@ -414,14 +578,6 @@ pub async fn watch(
                     }
                     _ => BackendSet::default(),
                 }
-            }
-            Err(e) => {
-                let text = e.to_string();
-                if last_error.as_deref() != Some(text.as_str()) {
-                    warn!(srv = name, error = %text, "lookup failed, keeping the last good backends");
-                    last_error = Some(text);
-                }
-                continue;
             }
         };
         let empty = BackendSet::default();
