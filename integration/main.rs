@@ -165,6 +165,8 @@ struct Sluice {
     child: Proc,
     addrs: Vec<SocketAddr>,
     log: mpsc::Receiver<String>,
+    /// Lines read so far, and whether a wait has returned each already.
+    seen: std::cell::RefCell<Vec<(String, bool)>>,
 }
 
 impl Sluice {
@@ -189,6 +191,7 @@ impl Sluice {
             child: Proc(child),
             addrs: Vec::new(),
             log,
+            seen: Default::default(),
         };
         while sluice.addrs.len() < listeners {
             let line = sluice.wait_for_log("listening");
@@ -197,14 +200,25 @@ impl Sluice {
         sluice
     }
 
-    /// The next log line containing `needle`.
+    /// The first log line containing `needle` that no wait has returned
+    /// yet, whether it came before or after other awaited lines.
     fn wait_for_log(&self, needle: &str) -> String {
+        let mut seen = self.seen.borrow_mut();
+        if let Some((line, taken)) = seen.iter_mut().find(|(l, taken)| !taken && l.contains(needle)) {
+            *taken = true;
+            return line.clone();
+        }
         let deadline = Instant::now() + STARTUP;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    seen.push((line.clone(), found));
+                    if found {
+                        return line;
+                    }
+                }
                 Err(e) => panic!("no log line with {needle:?}: {e}"),
             }
         }
@@ -492,17 +506,22 @@ fn port_in_use_is_a_clear_error_naming_the_listener() {
 
 /// GET `path` from `addr` over HTTP/1.0 and return the body.
 fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
+    try_http_get(addr, path).unwrap_or_else(|head| panic!("GET {path}: {head}"))
+}
+
+/// The body of a 200 answer to GET `path`, or what came instead.
+fn try_http_get(addr: &str, path: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(STARTUP)).unwrap();
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or_default();
-    assert!(
-        head.starts_with("HTTP/1.") && head.contains(" 200 "),
-        "GET {path}: {head}"
-    );
-    body.to_string()
+    if head.starts_with("HTTP/1.") && head.contains(" 200 ") {
+        Ok(body.to_string())
+    } else {
+        Err(head.to_string())
+    }
 }
 
 /// sluice with the metrics endpoint and access log on, one redis (found
@@ -633,9 +652,10 @@ fn a_real_prometheus_scrapes_sluice() {
     );
     let deadline = Instant::now() + 3 * STARTUP;
     loop {
-        if TcpStream::connect(&web).is_ok() {
-            let targets = http_get(&web, "/api/v1/targets");
-            let result = http_get(&web, "/api/v1/query?query=sluice_listener_connections_total");
+        // Prometheus answers 503 until its storage is ready.
+        let targets = try_http_get(&web, "/api/v1/targets");
+        let result = try_http_get(&web, "/api/v1/query?query=sluice_listener_connections_total");
+        if let (Ok(targets), Ok(result)) = (targets, result) {
             if targets.contains("\"health\":\"up\"") && result.contains("\"listener\":\"redis\"") {
                 assert!(result.contains("\"1\"]"), "one connection counted: {result}");
                 break;
