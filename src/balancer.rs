@@ -13,9 +13,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Balance, HealthCheck};
+use crate::config::{Balance, HealthCheck, Listener};
 use crate::discovery::{Backend, BackendSet, Snapshot};
 use crate::health::{Checks, Ejection, Health};
+use crate::net::OwnSockets;
+use tracing::warn;
 
 /// Maglev lookup table size: a prime well above any backend count.
 const MAGLEV_TABLE_SIZE: usize = 65_537;
@@ -304,17 +306,28 @@ impl Upstream {
     /// as the upstream lives and the source runs; `seed` is a pool whose
     /// backend counters the first one keeps (the context it replaces).
     /// Backends that leave the set have their `removed` token cancelled.
+    /// Backends that are one of sluice's `own` sockets are left out (and
+    /// logged once), as the pool is rebuilt when those change too.
     pub fn follow(
-        balance: Balance,
+        listener: &Listener,
         mut discovery: watch::Receiver<Snapshot>,
         health: Option<(Arc<Checks>, HealthCheck)>,
         mut seed: Option<Arc<Pool>>,
+        mut own: watch::Receiver<Arc<OwnSockets>>,
     ) -> Upstream {
         let (tx, pools) = watch::channel(None::<Arc<Pool>>);
+        let (name, protocol, balance) = (listener.name.clone(), listener.protocol, listener.balance);
         tokio::spawn(async move {
+            let mut looping: Vec<SocketAddr> = Vec::new();
             loop {
                 let snapshot = discovery.borrow_and_update().clone();
+                let own_sockets = own.borrow_and_update().clone();
                 if let Some(set) = snapshot {
+                    let (set, loops) = set.partition(|b| !own_sockets.reached_by(protocol, b.addr));
+                    for addr in loops.iter().filter(|a| !looping.contains(a)) {
+                        warn!(listener = %name, backend = %addr, "backend is one of sluice's own listening sockets, never used");
+                    }
+                    looping = loops;
                     let previous = tx.borrow().clone().or_else(|| seed.take());
                     let checks = health.as_ref().map(|(checks, check)| (&**checks, check));
                     let pool = Pool::build(&set, previous.as_deref(), balance, checks);
@@ -327,6 +340,8 @@ impl Upstream {
                 }
                 tokio::select! {
                     changed = discovery.changed() => if changed.is_err() { return },
+                    // Sockets sluice listens on changed (a reload).
+                    changed = own.changed() => if changed.is_err() { return },
                     // Nobody holds this upstream any more.
                     _ = tx.closed() => return,
                 }

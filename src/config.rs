@@ -25,9 +25,7 @@ const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_MAX_FLOWS: usize = 65_536;
 const DEFAULT_EJECT_AFTER: usize = 3;
 const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -121,13 +119,13 @@ impl Default for UdpSettings {
     fn default() -> Self {
         UdpSettings {
             idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
-            max_flows: DEFAULT_MAX_FLOWS,
+            max_flows: crate::limits::default_max_flows(),
             replies: true,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -721,7 +719,7 @@ impl Validator<'_> {
             raw.max_connections.as_ref(),
             &key("max_connections"),
             1..=MAX_COUNT,
-            DEFAULT_MAX_CONNECTIONS,
+            crate::limits::default_max_connections(),
         );
         let udp = UdpSettings {
             idle_timeout: self.duration(
@@ -734,7 +732,7 @@ impl Validator<'_> {
                 raw.max_flows.as_ref(),
                 &key("max_flows"),
                 1..=MAX_COUNT,
-                DEFAULT_MAX_FLOWS,
+                crate::limits::default_max_flows(),
             ),
             replies: raw.udp_replies.unwrap_or(true),
         };
@@ -804,7 +802,7 @@ fn parse_shorthand(text: &str, defaults: &Defaults) -> Result<Listener, String> 
         balance: Balance::RoundRobin,
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         idle_timeout: DEFAULT_IDLE_TIMEOUT,
-        max_connections: DEFAULT_MAX_CONNECTIONS,
+        max_connections: crate::limits::default_max_connections(),
         access_log: false,
         udp: UdpSettings::default(),
         health: None,

@@ -14,6 +14,7 @@
 //! - [`health`]: active health checks and passive ejection.
 //! - [`admin`]: the HTTP endpoint for /metrics, /status, / and /healthz.
 //! - [`alarm`]: how recurring conditions are logged (once, then once a minute).
+//! - [`limits`]: the descriptor budget and the default caps derived from it.
 //! - [`net`]: address facts (what can be a peer, what binds where).
 //! - `server`: wires it all, applies reloads as a diff, owns shutdown.
 //!
@@ -27,6 +28,7 @@ pub mod balancer;
 pub mod config;
 pub mod discovery;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod proxy;

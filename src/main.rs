@@ -45,6 +45,8 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the configuration: default connection caps derive from it.
+    let descriptors = sluice::limits::raise_descriptor_limit();
     let overrides = Overrides {
         dns: cli.dns,
         metrics: cli.metrics,
@@ -67,6 +69,13 @@ fn main() -> ExitCode {
     match cli.log_format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().init(),
+    }
+    match descriptors {
+        Ok((before, after)) if after > before => {
+            tracing::info!(before, after, "raised the open-file limit to its hard limit")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     match serve(config, cli.config, overrides) {
         Ok(()) => ExitCode::SUCCESS,

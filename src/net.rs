@@ -1,7 +1,10 @@
 //! Address facts the rest of sluice relies on: which addresses can be a peer
-//! to connect or send to, and which socket binds where.
+//! to connect or send to, which socket binds where, and which backends would
+//! loop back into sluice itself.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::config::Protocol;
 
 /// Any local address of `addr`'s family, any port: where a socket that
 /// talks to `addr` binds.
@@ -35,6 +38,44 @@ fn not_unicast(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// The sockets sluice listens on. A backend that is one of them would send
+/// each connection back into sluice, which forwards it to itself again,
+/// until every descriptor is used: such a backend is never used.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OwnSockets(Vec<(Protocol, SocketAddr)>);
+
+impl OwnSockets {
+    pub fn new(sockets: impl IntoIterator<Item = (Protocol, SocketAddr)>) -> OwnSockets {
+        let mut sockets: Vec<_> = sockets.into_iter().collect();
+        sockets.sort();
+        OwnSockets(sockets)
+    }
+
+    /// Whether what is sent to `addr` over `protocol` reaches one of them.
+    pub fn reached_by(&self, protocol: Protocol, addr: SocketAddr) -> bool {
+        let to = addr.ip().to_canonical();
+        let mut candidates = self
+            .0
+            .iter()
+            .filter(|(p, bound)| *p == protocol && bound.port() == addr.port());
+        candidates.any(|(_, bound)| match bound.ip() {
+            ip if ip.to_canonical() == to => true,
+            // A wildcard bind receives on every local address of its family,
+            // and `[::]` on IPv4 ones too (dual-stack, Linux's default).
+            IpAddr::V4(ip) if ip.is_unspecified() => to.is_ipv4() && is_local(to),
+            IpAddr::V6(ip) if ip.is_unspecified() => is_local(to),
+            _ => false,
+        })
+    }
+}
+
+/// Whether `ip` is one of this host's addresses (all of 127.0.0.0/8 is).
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || if_addrs::get_if_addrs().is_ok_and(|interfaces| interfaces.iter().any(|i| i.ip() == ip))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +91,36 @@ mod tests {
         assert_eq!(reason("255.255.255.255:80"), Some("the broadcast address"));
         assert_eq!(reason("224.0.0.1:80"), Some("a multicast address"));
         assert_eq!(reason("[ff02::1]:80"), Some("a multicast address"));
+    }
+
+    #[test]
+    fn own_sockets_are_recognised_behind_wildcards_and_other_loopbacks() {
+        let own = OwnSockets::new([
+            (Protocol::Tcp, "0.0.0.0:2003".parse().unwrap()),
+            (Protocol::Udp, "[::]:8125".parse().unwrap()),
+            (Protocol::Tcp, "127.0.0.1:6400".parse().unwrap()),
+        ]);
+        let reached = |protocol, addr: &str| own.reached_by(protocol, addr.parse().unwrap());
+        assert!(reached(Protocol::Tcp, "127.0.0.2:2003"));
+        assert!(reached(Protocol::Tcp, "127.0.0.1:6400"));
+        assert!(reached(Protocol::Udp, "127.0.0.5:8125"), "[::] is dual-stack");
+        assert!(reached(Protocol::Udp, "[::1]:8125"));
+        assert!(reached(Protocol::Tcp, "[::ffff:127.0.0.1]:6400"));
+        assert!(!reached(Protocol::Udp, "127.0.0.2:2003"), "another protocol");
+        assert!(
+            !reached(Protocol::Tcp, "127.0.0.2:6400"),
+            "bound to 127.0.0.1 only"
+        );
+        assert!(!reached(Protocol::Tcp, "192.0.2.1:2003"), "not this host");
+        assert!(!reached(Protocol::Tcp, "[::1]:2003"), "0.0.0.0 is IPv4 only");
+        let host = if_addrs::get_if_addrs()
+            .unwrap()
+            .into_iter()
+            .find(|i| !i.is_loopback());
+        if let Some(host) = host {
+            let addr = SocketAddr::new(host.ip(), 2003).to_string();
+            assert!(reached(Protocol::Tcp, &addr), "the host's own {addr}");
+        }
     }
 
     #[test]

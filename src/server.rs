@@ -18,7 +18,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use socket2::{Domain, Socket as Socket2, Type};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -32,6 +32,7 @@ use crate::discovery::Registry;
 use crate::discovery::dns::DnsClient;
 use crate::health::Checks;
 use crate::metrics::Metrics;
+use crate::net::OwnSockets;
 use crate::proxy::{self, Context};
 
 /// Pending connections the kernel queues per listener while at `max_connections`.
@@ -218,6 +219,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new(admin.is_some()));
         let mut running = Running {
             listeners: HashMap::new(),
+            own: watch::Sender::new(Arc::default()),
             metrics_addr: config.metrics,
             discovery: Registry::new(dns, metrics.clone(), shutdown.clone()),
             checks: Arc::new(Checks::new(shutdown.clone())),
@@ -232,6 +234,7 @@ impl Server {
             running.start(listener, socket);
         }
         running.publish();
+        running.publish_own_sockets();
         if let (Some(socket), Some(addr), Some(admin)) = (admin, metrics_addr, running.admin.clone()) {
             info!(%addr, "serving /metrics, /status and / over HTTP");
             tokio::spawn(crate::admin::serve(socket, admin, shutdown.clone()));
@@ -279,6 +282,8 @@ struct Lasting {
 
 struct Running {
     listeners: HashMap<String, Live>,
+    /// The sockets of `listeners`, which backends must not be.
+    own: watch::Sender<Arc<OwnSockets>>,
     /// As configured at start (the endpoint is not rebound on reload).
     metrics_addr: Option<SocketAddr>,
     discovery: Registry,
@@ -300,7 +305,7 @@ impl Running {
         Arc::new(Context {
             config: listener.clone(),
             local_addr: lasting.local_addr,
-            upstream: Upstream::follow(listener.balance, snapshots, health, seed),
+            upstream: Upstream::follow(listener, snapshots, health, seed, self.own.subscribe()),
             metrics: self.metrics.listener(&listener.name),
             active: lasting.active.clone(),
             removed: lasting.removed.child_token(),
@@ -424,6 +429,7 @@ impl Running {
         self.discovery.retain(&config.listeners);
         self.shutdown_grace = config.shutdown_grace;
         self.publish();
+        self.publish_own_sockets();
         info!(
             added = ?report.added,
             removed = ?report.removed,
@@ -441,6 +447,22 @@ impl Running {
             listeners.sort_by(|a, b| a.config.name.cmp(&b.config.name));
             admin.publish(listeners, self.discovery.queries());
         }
+    }
+
+    /// Tells every upstream which sockets are sluice's own, once they change.
+    fn publish_own_sockets(&self) {
+        let own = OwnSockets::new(
+            self.listeners
+                .values()
+                .map(|live| (live.config.protocol, live.lasting.local_addr)),
+        );
+        self.own.send_if_modified(|current| {
+            let changed = **current != own;
+            if changed {
+                *current = Arc::new(own);
+            }
+            changed
+        });
     }
 
     async fn shut_down(self) {

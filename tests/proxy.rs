@@ -407,3 +407,41 @@ async fn a_refusing_backend_is_logged_once_not_once_per_client() {
     assert_eq!(logs.count("backend ejected"), 1, "{}", logs.text());
     assert_eq!(logs.count("no backend accepted"), 1, "{}", logs.text());
 }
+
+/// Descriptors this test process has open.
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_is_sluice_itself_is_never_used() {
+    let dns = FakeDns::start().await;
+    let good = echo_backends(1).await;
+    let (logs, _capture) = common::Logs::capture();
+    // A wildcard bind, reached through another loopback address than the
+    // one clients use: only the machine's local addresses can tell.
+    let config = dns_config(&dns, "web", "").replace("127.0.0.1:0", "0.0.0.0:0");
+    let sluice = Sluice::start(&config).await;
+    let port = sluice.addr().port();
+    let entry = SocketAddr::from(([127, 0, 0, 1], port));
+    let itself = SocketAddr::from(([127, 0, 0, 2], port));
+    dns.set_backends("web", &[itself]);
+    sleep(Duration::from_secs(2)).await;
+
+    let before = open_descriptors();
+    for _ in 0..50 {
+        let mut stream = TcpStream::connect(entry).await.unwrap();
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got).await;
+        assert!(got.is_empty(), "a loop answered: {got:?}");
+    }
+    let grown = open_descriptors().saturating_sub(before);
+    assert!(grown < 10, "{grown} descriptors more after 50 clients");
+
+    dns.set_backends("web", &[itself, good[0].addr]);
+    sleep(Duration::from_secs(5)).await;
+    for _ in 0..4 {
+        assert_eq!(backend_port(entry).await, good[0].addr.port());
+    }
+    assert_eq!(logs.count("own listening sockets"), 1, "{}", logs.text());
+}

@@ -229,3 +229,45 @@ async fn a_flood_of_sources_keeps_the_table_at_max_flows() {
     assert_eq!(metric(&sluice, FLOWS).await, 1000.0);
     assert_eq!(metric(&sluice, FLOWS_OPENED).await, f64::from(SOURCES));
 }
+
+#[tokio::test(start_paused = true)]
+async fn flows_of_a_removed_backend_end_after_drain_timeout() {
+    let dns = FakeDns::start().await;
+    let (a, b) = (UdpEcho::start().await, UdpEcho::start().await);
+    dns.set_backends("dns", &[a.addr]);
+    let sluice = Sluice::start(&udp_config(&dns, "drain_timeout = \"5s\"")).await;
+    let old = client().await;
+    assert_eq!(who(&old, sluice.addr()).await, a.addr.port());
+    dns.set_backends("dns", &[b.addr]);
+    sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        who(&old, sluice.addr()).await,
+        a.addr.port(),
+        "draining, not yet ended"
+    );
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        who(&old, sluice.addr()).await,
+        b.addr.port(),
+        "a new flow after drain_timeout"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_is_sluice_itself_never_gets_a_datagram() {
+    let dns = FakeDns::start().await;
+    let (logs, _capture) = common::Logs::capture();
+    let config = udp_config(&dns, "").replace("127.0.0.1:0", "0.0.0.0:0");
+    let sluice = Sluice::start(&config).await;
+    let port = sluice.addr().port();
+    dns.set_backends("dns", &[SocketAddr::from(([127, 0, 0, 2], port))]);
+    sleep(Duration::from_secs(2)).await;
+    let socket = client().await;
+    let entry = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    assert_eq!(ask(&socket, entry, b"hello").await, None);
+    sleep(Duration::from_secs(2)).await;
+    let forwarded = "sluice_bytes_total{listener=\"dns\",direction=\"client_to_backend\"}";
+    let (_, text) = http_get(sluice.metrics.unwrap(), "/metrics").await;
+    assert_eq!(sample(&text, forwarded).unwrap_or(0.0), 0.0, "{text}");
+    assert_eq!(logs.count("own listening sockets"), 1, "{}", logs.text());
+}

@@ -61,6 +61,15 @@ impl BackendSet {
         self.backends.is_empty()
     }
 
+    /// The backends that pass `keep`, and the addresses of those that do not.
+    pub fn partition(&self, keep: impl Fn(&Backend) -> bool) -> (BackendSet, Vec<SocketAddr>) {
+        let (kept, left): (Vec<Backend>, Vec<Backend>) = self.backends.iter().partition(|b| keep(b));
+        (
+            BackendSet { backends: kept },
+            left.iter().map(|b| b.addr).collect(),
+        )
+    }
+
     /// What changed from `self` to `next`, keyed by addr.
     pub fn diff(&self, next: &BackendSet) -> Diff {
         let old: HashMap<SocketAddr, &Backend> = self.backends.iter().map(|b| (b.addr, b)).collect();

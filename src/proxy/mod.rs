@@ -52,11 +52,12 @@ pub struct Context {
 }
 
 impl Context {
-    /// Resolves once the connection to `lease`'s backend must end: the
-    /// backend or this listener was removed and `drain_timeout` has passed.
-    pub async fn drained(&self, lease: &Lease) {
+    /// Resolves once a connection or flow to a backend must end: the backend
+    /// (whose `removed` token this is) or this listener was removed and
+    /// `drain_timeout` has passed.
+    pub async fn drained(&self, backend_removed: &CancellationToken) {
         tokio::select! {
-            _ = lease.0.stats.removed.cancelled() => {}
+            _ = backend_removed.cancelled() => {}
             _ = self.removed.cancelled() => {}
         }
         match self.config.drain_timeout {

@@ -17,13 +17,13 @@ use super::{Failure, ReadGuard, Sock, Tally, copy, half_close};
 
 /// Empty pipes kept for reuse.
 const POOL_MAX: usize = 256;
-/// Pipes open at once (two descriptors each); beyond this, copy instead.
-const PIPES_MAX: usize = 8192;
 /// Bytes moved per splice: the default pipe capacity.
 const SPLICE_CHUNK: usize = 64 * 1024;
 
 static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 static PIPES_OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Pipes open at once, from the descriptor limit raised at start.
+static PIPES_MAX: std::sync::LazyLock<usize> = std::sync::LazyLock::new(crate::limits::max_pipes);
 
 struct Pipe {
     read: OwnedFd,
@@ -36,7 +36,8 @@ impl Pipe {
         if let Some(pipe) = POOL.lock().unwrap_or_else(PoisonError::into_inner).pop() {
             return Some(pipe);
         }
-        if PIPES_OPEN.fetch_add(1, Relaxed) >= PIPES_MAX {
+        // Beyond the budget's share of pipes, copy instead.
+        if PIPES_OPEN.fetch_add(1, Relaxed) >= *PIPES_MAX {
             PIPES_OPEN.fetch_sub(1, Relaxed);
             return None;
         }

@@ -111,7 +111,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
     let Some((backend, member)) = connect(ctx, &pool, peer).await else {
         return;
     };
-    let lease = Lease::new(&member);
+    let _lease = Lease::new(&member);
     let _ = backend.set_nodelay(true);
     let (client, backend) = match (guarded(client), guarded(backend)) {
         (Ok(client), Ok(backend)) => (client, backend),
@@ -121,7 +121,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
         }
     };
     let started = Instant::now();
-    let drained = ctx.drained(&lease);
+    let drained = ctx.drained(&member.stats.removed);
     let transfer = forward(
         &client,
         &backend,

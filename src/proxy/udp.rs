@@ -51,6 +51,8 @@ enum FlowEnd {
     Idle,
     /// The backend's port is closed (ICMP port unreachable).
     Refused,
+    /// Its backend or listener was removed and `drain_timeout` ran out.
+    Drained,
 }
 
 /// A flow as the receive loop owns it. Dropping it stops its reply task.
@@ -265,15 +267,19 @@ impl Relay {
         }
         self.next_id += 1;
         let clock = Arc::new(Activity::new());
-        let replies = tokio::spawn(replies(
-            self.next_id,
-            client,
-            upstream.clone(),
-            self.socket.clone(),
-            clock.clone(),
-            ctx.clone(),
-            self.ended_tx.clone(),
-        ));
+        let replies = tokio::spawn(
+            Replies {
+                id: self.next_id,
+                client,
+                upstream: upstream.clone(),
+                listener: self.socket.clone(),
+                clock: clock.clone(),
+                ctx: ctx.clone(),
+                backend_removed: member.stats.removed.clone(),
+                ended: self.ended_tx.clone(),
+            }
+            .run(),
+        );
         ctx.metrics.connections.increment(1);
         ctx.active.fetch_add(1, Relaxed);
         let flow = Flow {
@@ -334,50 +340,71 @@ async fn connected_socket(backend: SocketAddr) -> io::Result<UdpSocket> {
     Ok(socket)
 }
 
-/// Sends a flow's replies back to its client until the flow is idle or refused.
-async fn replies(
+/// What a flow's reply task needs.
+struct Replies {
     id: u64,
     client: SocketAddr,
     upstream: Arc<UdpSocket>,
     listener: Arc<UdpSocket>,
     clock: Arc<Activity>,
     ctx: Arc<Context>,
+    /// The backend's: cancelled when it leaves the set.
+    backend_removed: CancellationToken,
     ended: mpsc::UnboundedSender<(SocketAddr, u64, FlowEnd)>,
-) {
-    let idle = ctx.config.udp.idle_timeout;
-    // One timer per flow, moved only when it fires (not per datagram).
-    let timer = sleep_until(clock.deadline(idle));
-    tokio::pin!(timer);
-    let end = loop {
-        tokio::select! {
-            readable = upstream.readable() => {
-                if readable.is_err() {
-                    break FlowEnd::Idle;
-                }
-                let relayed = REPLY_BUFFER.with_borrow_mut(|buf| {
-                    let n = upstream.try_recv(buf)?;
-                    // A full listener buffer drops the reply, as a router would.
-                    let _ = send_now(&listener, &buf[..n], Some(client));
-                    Ok::<usize, io::Error>(n)
-                });
-                match relayed {
-                    Ok(n) => {
-                        clock.touch();
-                        ctx.metrics.bytes_down.increment(n as u64);
+}
+
+impl Replies {
+    /// Sends the flow's replies back to its client until the flow is idle,
+    /// refused, or drained (its backend or listener removed, then
+    /// `drain_timeout`).
+    async fn run(self) {
+        let Replies {
+            id,
+            client,
+            upstream,
+            listener,
+            clock,
+            ctx,
+            backend_removed,
+            ended,
+        } = self;
+        let idle = ctx.config.udp.idle_timeout;
+        // One timer per flow, moved only when it fires (not per datagram).
+        let timer = sleep_until(clock.deadline(idle));
+        let drained = ctx.drained(&backend_removed);
+        tokio::pin!(timer, drained);
+        let end = loop {
+            tokio::select! {
+                readable = upstream.readable() => {
+                    if readable.is_err() {
+                        break FlowEnd::Idle;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break FlowEnd::Refused,
-                    Err(e) => debug!(listener = %ctx.config.name, %client, error = %e, "reply lost"),
+                    let relayed = REPLY_BUFFER.with_borrow_mut(|buf| {
+                        let n = upstream.try_recv(buf)?;
+                        // A full listener buffer drops the reply, as a router would.
+                        let _ = send_now(&listener, &buf[..n], Some(client));
+                        Ok::<usize, io::Error>(n)
+                    });
+                    match relayed {
+                        Ok(n) => {
+                            clock.touch();
+                            ctx.metrics.bytes_down.increment(n as u64);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break FlowEnd::Refused,
+                        Err(e) => debug!(listener = %ctx.config.name, %client, error = %e, "reply lost"),
+                    }
                 }
-            }
-            _ = &mut timer => {
-                let deadline = clock.deadline(idle);
-                if deadline <= Instant::now() {
-                    break FlowEnd::Idle;
+                _ = &mut timer => {
+                    let deadline = clock.deadline(idle);
+                    if deadline <= Instant::now() {
+                        break FlowEnd::Idle;
+                    }
+                    timer.as_mut().reset(deadline);
                 }
-                timer.as_mut().reset(deadline);
+                _ = &mut drained => break FlowEnd::Drained,
             }
-        }
-    };
-    let _ = ended.send((client, id, end));
+        };
+        let _ = ended.send((client, id, end));
+    }
 }
