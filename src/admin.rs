@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http_body_util::Full;
@@ -16,9 +16,10 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -29,6 +30,13 @@ use crate::proxy::Context;
 
 /// Seconds between refreshes of the HTML page.
 const PAGE_REFRESH_SECONDS: u32 = 2;
+/// Admin connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send a request head, and how long an idle
+/// keep-alive connection is kept.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one connection may last, however busy.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// What the endpoint reads from; the server publishes a new view on reload.
 pub struct Admin {
@@ -224,15 +232,26 @@ impl Admin {
     }
 }
 
-/// Serves HTTP/1 on `listener` until `shutdown`.
+/// Serves HTTP/1 on `listener` until `shutdown`, within limits that keep a
+/// misbehaving client from costing the proxy anything: at most
+/// [`MAX_CONNECTIONS`] at once (more wait in the kernel's backlog), each
+/// request head within [`HEADER_TIMEOUT`] (also how long an idle keep-alive
+/// connection stays), and each connection at most [`CONNECTION_LIFETIME`].
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            _ = shutdown.cancelled() => return,
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     debug!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -240,16 +259,24 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
         };
         let admin = admin.clone();
         let shutdown = shutdown.clone();
+        let http = http.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let response = admin.respond(&req);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
             tokio::select! {
-                _ = connection => {}
+                _ = connection.as_mut() => {}
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
+                    // Finish the response under way, if the client reads it.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(HEADER_TIMEOUT, connection).await;
+                }
                 _ = shutdown.cancelled() => {}
             }
+            drop(slot);
         });
     }
 }

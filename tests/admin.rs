@@ -152,3 +152,34 @@ async fn status_matches_config_and_discovery_and_drops_removed_backends() {
     assert_eq!(http_get(admin, "/healthz").await.1, "ok\n");
     assert!(http_get(admin, "/nope").await.0.contains("404"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn slow_and_idle_admin_clients_cannot_hold_the_endpoint() {
+    let dns = FakeDns::start().await;
+    let b = echo_backends(1).await;
+    dns.set_backends("redis", &[b[0].addr]);
+    let sluice = Sluice::start(&config(&dns, "")).await;
+    let admin = sluice.metrics.unwrap();
+
+    // Slowloris: three times the connection cap, each a few header bytes in.
+    let mut slow = Vec::new();
+    for _ in 0..3 * sluice::admin::MAX_CONNECTIONS {
+        let mut stream = TcpStream::connect(admin).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHo").await.unwrap();
+        slow.push(stream);
+    }
+    // A real request still gets through within a header timeout or two ...
+    let scrape = tokio::spawn(async move { http_get(admin, "/healthz").await });
+    let waited = tokio::time::timeout(4 * sluice::admin::HEADER_TIMEOUT, scrape).await;
+    let (status, body) = waited.expect("the endpoint stayed blocked").unwrap();
+    assert!(status.contains("200") && body == "ok\n", "{status} {body}");
+    // ... the proxy was never affected ...
+    assert_eq!(backend_port(sluice.addr()).await, b[0].addr.port());
+    // ... and every slow client has been closed.
+    tokio::time::sleep(4 * sluice::admin::HEADER_TIMEOUT).await;
+    for mut stream in slow {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "a slow client is still connected");
+    }
+}
