@@ -115,7 +115,10 @@ impl Server {
         let Ok(request) = Message::from_vec(query) else {
             return Reply::Silence;
         };
-        let name = request.queries.first().map(|q| q.name().to_ascii().to_ascii_lowercase());
+        let name = request
+            .queries
+            .first()
+            .map(|q| q.name().to_ascii().to_ascii_lowercase());
         match name.as_deref() {
             Some(HOSTILE) => self.hostile(&request, tcp),
             // The huge answer's targets: never answered.
@@ -134,7 +137,9 @@ impl Server {
             buf.truncate(n);
             Some(buf)
         };
-        tokio::time::timeout(Duration::from_secs(2), exchange).await.ok()?
+        tokio::time::timeout(Duration::from_secs(2), exchange)
+            .await
+            .ok()?
     }
 }
 
@@ -142,7 +147,9 @@ async fn serve_udp(socket: UdpSocket, server: Arc<Server>) {
     let socket = Arc::new(socket);
     let mut buf = vec![0; 65535];
     loop {
-        let Ok((n, from)) = socket.recv_from(&mut buf).await else { continue };
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
         let (query, server, socket) = (buf[..n].to_vec(), server.clone(), socket.clone());
         tokio::spawn(async move {
             if let Reply::Bytes(reply) = server.answer(&query, false).await {
@@ -163,7 +170,9 @@ async fn serve_tcp_connection(mut stream: TcpStream, server: Arc<Server>) {
             Reply::Silence => continue,
             Reply::Hangup => return,
         };
-        let Ok(len) = u16::try_from(reply.len()) else { return };
+        let Ok(len) = u16::try_from(reply.len()) else {
+            return;
+        };
         let mut framed = len.to_be_bytes().to_vec();
         framed.extend(reply);
         if stream.write_all(&framed).await.is_err() {

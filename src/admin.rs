@@ -82,6 +82,7 @@ pub struct BackendStatus {
     pub active_connections: usize,
     pub total_connections: u64,
     pub connect_failures: u64,
+    pub ejections: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -115,21 +116,22 @@ impl Admin {
                 let pool = ctx.upstream.current();
                 let backends = pool
                     .iter()
-                    .flat_map(|p| p.members())
-                    .map(|m| BackendStatus {
-                        address: m.addr().to_string(),
-                        priority: m.backend.priority,
-                        weight: m.backend.weight,
-                        healthy: m.available(),
-                        active_connections: m.stats.active.load(Relaxed),
-                        total_connections: m.stats.total.load(Relaxed),
-                        connect_failures: m.stats.connect_failures.load(Relaxed),
+                    .flat_map(|p| p.views())
+                    .map(|b| BackendStatus {
+                        address: b.addr.to_string(),
+                        priority: b.priority,
+                        weight: b.weight,
+                        healthy: b.available,
+                        active_connections: b.active,
+                        total_connections: b.total,
+                        connect_failures: b.connect_failures,
+                        ejections: b.ejections,
                     })
                     .collect();
                 ListenerStatus {
                     name: config.name.clone(),
                     bind: ctx.local_addr.to_string(),
-                    protocol: config.protocol,
+                    protocol: config.protocol(),
                     query: match &config.backends {
                         BackendSource::Dns(q) => q.name.clone(),
                         BackendSource::Static(_) => "static".into(),
@@ -186,6 +188,11 @@ impl Admin {
             "counter",
             "Failed connection attempts to the backend.",
         );
+        let mut ejections = LiveFamily::new(
+            metrics::BACKEND_EJECTIONS_TOTAL,
+            "counter",
+            "Times the backend was ejected after connect failures in a row.",
+        );
         for l in &status.listeners {
             let listener = (metrics::LABEL_LISTENER, l.name.clone());
             let open_now = (vec![listener.clone()], l.active_connections as f64);
@@ -202,11 +209,12 @@ impl Admin {
                 let labels = vec![listener.clone(), (metrics::LABEL_BACKEND, b.address.clone())];
                 total.series.push((labels.clone(), b.total_connections as f64));
                 open.series.push((labels.clone(), b.active_connections as f64));
-                failures.series.push((labels, b.connect_failures as f64));
+                failures.series.push((labels.clone(), b.connect_failures as f64));
+                ejections.series.push((labels, b.ejections as f64));
             }
         }
         self.metrics
-            .render(&[active, flows, backends, total, open, failures])
+            .render(&[active, flows, backends, total, open, failures, ejections])
     }
 
     fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -1,9 +1,16 @@
-//! Backend selection. A listener turns each discovery snapshot into a
-//! [`Pool`]: the backends grouped by SRV priority, each with its per-listener
-//! counters, plus whatever the algorithm precomputes (cumulative weights, the
-//! Maglev table). The pool is immutable and published as one value, so the set
-//! and its selector can never disagree. [`Balancer::pick`] is pure over a pool.
+//! Backends as one listener sees them, and the choice among them.
+//!
+//! [`Upstream`] follows a discovery source and turns each snapshot into a
+//! [`Pool`]: the backends grouped by SRV priority plus what the algorithm
+//! precomputes (cumulative weights, the Maglev table), published as one
+//! immutable value so the set and its selector never disagree. Each backend's
+//! state (counters, passive ejection, the token its connections drain on) is
+//! owned here and changes only through the [`Lease`] a connection or flow
+//! holds: [`Upstream::choose`] hands one out, [`Lease::connected`] and
+//! [`Lease::failed`] record the outcome, dropping it ends the connection.
+//! TCP and UDP use this same API. Admin reads [`BackendView`] snapshots.
 
+use std::fmt::Display;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -11,47 +18,52 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tracing::{Instrument, debug, info, warn};
 
+use crate::alarm::Alarm;
 use crate::config::{Balance, HealthCheck, Listener};
 use crate::discovery::{Backend, BackendSet, Snapshot};
-use crate::health::{Checks, Ejection, Health};
+use crate::health::{Checks, Ejected, Ejection, Health};
 use crate::net::OwnSockets;
-use tracing::warn;
 
 /// Maglev lookup table size: a prime well above any backend count.
 const MAGLEV_TABLE_SIZE: usize = 65_537;
 
-/// Counters for one backend of one listener, kept across snapshots.
-#[derive(Debug, Default)]
-pub struct BackendStats {
-    /// Connections open now.
-    pub active: AtomicUsize,
+/// The state of one backend as one listener sees it, kept across snapshots
+/// while its address stays in the set. Changed only through [`Lease`].
+#[derive(Debug)]
+struct BackendState {
+    addr: SocketAddr,
+    /// The active check's verdict, when the listener has one.
+    health: Option<Arc<Health>>,
+    /// Connections (or flows) open now.
+    active: AtomicUsize,
     /// Connections established since the backend appeared.
-    pub total: AtomicU64,
-    pub connect_failures: AtomicU64,
-    pub ejection: Ejection,
+    total: AtomicU64,
+    connect_failures: AtomicU64,
+    ejection: Ejection,
     /// Cancelled when the backend leaves the set: its connections start draining.
-    pub removed: CancellationToken,
+    removed: CancellationToken,
 }
 
-/// A backend as one listener sees it.
+impl BackendState {
+    /// Neither failing its health check nor ejected for connect failures.
+    fn available(&self) -> bool {
+        self.health.as_ref().is_none_or(|h| h.is_up()) && !self.ejection.is_ejected()
+    }
+}
+
+/// A backend of a pool: where the SRV record puts it, and its state.
 #[derive(Debug, Clone)]
-pub struct Member {
-    pub backend: Backend,
-    pub stats: Arc<BackendStats>,
-    /// The active check's verdict, when the listener has one.
-    pub health: Option<Arc<Health>>,
+struct Member {
+    backend: Backend,
+    state: Arc<BackendState>,
 }
 
 impl Member {
-    pub fn addr(&self) -> SocketAddr {
+    fn addr(&self) -> SocketAddr {
         self.backend.addr
-    }
-
-    /// Neither failing its health check nor ejected for connect failures.
-    pub fn available(&self) -> bool {
-        self.health.as_ref().is_none_or(|h| h.is_up()) && !self.stats.ejection.is_ejected()
     }
 
     fn weight(&self) -> u64 {
@@ -60,9 +72,37 @@ impl Member {
 
     /// Whether `self` is less loaded than `other`, by active connections per weight.
     fn lighter_than(&self, other: &Member) -> bool {
-        let load = |m: &Member| (m.stats.active.load(Relaxed) as u64 + 1) as u128;
+        let load = |m: &Member| (m.state.active.load(Relaxed) as u64 + 1) as u128;
         load(self) * (other.weight() as u128) < load(other) * (self.weight() as u128)
     }
+
+    fn view(&self) -> BackendView {
+        let state = &self.state;
+        BackendView {
+            addr: self.addr(),
+            priority: self.backend.priority,
+            weight: self.backend.weight,
+            available: state.available(),
+            active: state.active.load(Relaxed),
+            total: state.total.load(Relaxed),
+            connect_failures: state.connect_failures.load(Relaxed),
+            ejections: state.ejection.count(),
+        }
+    }
+}
+
+/// What /status and /metrics show of one backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendView {
+    pub addr: SocketAddr,
+    pub priority: u16,
+    pub weight: u16,
+    /// Neither down by its health check nor ejected.
+    pub available: bool,
+    pub active: usize,
+    pub total: u64,
+    pub connect_failures: u64,
+    pub ejections: u64,
 }
 
 /// Backends of one SRV priority.
@@ -110,7 +150,7 @@ impl Group {
     }
 }
 
-/// One listener's view of its backends, rebuilt on every discovery change.
+/// One snapshot of a listener's backends, ready to choose from.
 #[derive(Debug, Default)]
 pub struct Pool {
     /// Non-empty groups, lowest (preferred) priority first.
@@ -118,64 +158,75 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Builds the pool for `set`, keeping counters of backends `previous` had;
-    /// with `checks`, each backend gets its (shared) active check.
-    pub fn build(
+    /// Builds the pool for `set`, keeping the state of addresses `previous`
+    /// had; with `checks`, each new backend gets its (shared) active check.
+    fn build(
         set: &BackendSet,
         previous: Option<&Pool>,
         balance: Balance,
         checks: Option<(&Checks, &HealthCheck)>,
     ) -> Pool {
-        let stats_of = |addr: SocketAddr| {
-            previous
-                .and_then(|p| p.members().find(|m| m.addr() == addr))
-                .map_or_else(Default::default, |m| m.stats.clone())
+        let member = |b: &Backend| {
+            let kept = previous.and_then(|p| p.members().find(|m| m.addr() == b.addr));
+            let state = kept.map_or_else(
+                || {
+                    Arc::new(BackendState {
+                        addr: b.addr,
+                        health: checks.map(|(checks, check)| checks.health(b.addr, check)),
+                        active: AtomicUsize::new(0),
+                        total: AtomicU64::new(0),
+                        connect_failures: AtomicU64::new(0),
+                        ejection: Ejection::default(),
+                        removed: CancellationToken::new(),
+                    })
+                },
+                |m| m.state.clone(),
+            );
+            Member { backend: *b, state }
         };
-        let mut groups = Vec::new();
-        for chunk in set.backends().chunk_by(|a, b| a.priority == b.priority) {
-            let members = chunk
-                .iter()
-                .map(|b| Member {
-                    backend: *b,
-                    stats: stats_of(b.addr),
-                    health: checks.map(|(checks, check)| checks.health(b.addr, check)),
-                })
-                .collect();
-            groups.push(Group::new(members, balance));
-        }
+        let groups = set
+            .backends()
+            .chunk_by(|a, b| a.priority == b.priority)
+            .map(|chunk| Group::new(chunk.iter().map(member).collect(), balance))
+            .collect();
         Pool { groups }
     }
 
-    pub fn members(&self) -> impl Iterator<Item = &Member> {
+    fn members(&self) -> impl Iterator<Item = &Member> {
         self.groups.iter().flat_map(|g| &g.members)
+    }
+
+    /// Every backend, for /status and /metrics.
+    pub fn views(&self) -> Vec<BackendView> {
+        self.members().map(Member::view).collect()
     }
 }
 
 /// Chooses a backend for each new connection.
 #[derive(Debug)]
-pub struct Balancer {
+struct Balancer {
     balance: Balance,
     next: AtomicUsize,
 }
 
 impl Balancer {
-    pub fn new(balance: Balance) -> Self {
+    fn new(balance: Balance) -> Self {
         Balancer {
             balance,
             next: AtomicUsize::new(0),
         }
     }
 
-    /// A backend for `client`, skipping those in `tried`: an available one
+    /// A backend for `client`, skipping those in `avoid`: an available one
     /// from the preferred priority group, else from the next group; when no
-    /// backend at all is available, any untried one (better than refusing).
-    pub fn pick<'a>(&self, pool: &'a Pool, client: IpAddr, tried: &[SocketAddr]) -> Option<&'a Member> {
-        let untried = |m: &Member| !tried.contains(&m.addr());
-        let healthy = |m: &Member| untried(m) && m.available();
+    /// backend at all is available, any other one (better than refusing).
+    fn pick<'a>(&self, pool: &'a Pool, client: IpAddr, avoid: &[SocketAddr]) -> Option<&'a Member> {
+        let allowed = |m: &Member| !avoid.contains(&m.addr());
+        let healthy = |m: &Member| allowed(m) && m.state.available();
         let usable: &dyn Fn(&Member) -> bool = if pool.members().any(healthy) {
             &healthy
         } else {
-            &untried
+            &allowed
         };
         pool.groups.iter().find_map(|g| self.pick_in(g, client, usable))
     }
@@ -294,30 +345,41 @@ fn maglev_table(members: &[Member]) -> Vec<u32> {
     table
 }
 
-/// A listener's balancer plus the latest pool, which it keeps up to date.
+/// What an upstream's leases share.
+#[derive(Debug)]
+struct Shared {
+    eject_after: u32,
+    /// Clients find no backend to take them (logged once, not per client).
+    unreachable: Alarm,
+}
+
+/// A listener's backends: follows discovery, rebuilding the [`Pool`] on each
+/// snapshot, and hands out [`Lease`]s.
 #[derive(Debug)]
 pub struct Upstream {
-    pub balancer: Balancer,
+    balancer: Balancer,
     pools: watch::Receiver<Option<Arc<Pool>>>,
+    shared: Arc<Shared>,
 }
 
 impl Upstream {
-    /// Follows `discovery`, rebuilding the pool on each snapshot, for as long
-    /// as the upstream lives and the source runs; `seed` is a pool whose
-    /// backend counters the first one keeps (the context it replaces).
-    /// Backends that leave the set have their `removed` token cancelled.
-    /// Backends that are one of sluice's `own` sockets are left out (and
-    /// logged once), as the pool is rebuilt when those change too.
+    /// Follows `discovery` for `listener` for as long as the upstream lives
+    /// and the source runs. With `seed` (the upstream this one replaces, for
+    /// the same source), backends it had keep their state. Backends that
+    /// leave the set have their connections drain; backends that are one of
+    /// sluice's `own` sockets are left out (logged once), and the pool is
+    /// rebuilt when those change too.
     pub fn follow(
         listener: &Listener,
         mut discovery: watch::Receiver<Snapshot>,
-        health: Option<(Arc<Checks>, HealthCheck)>,
-        mut seed: Option<Arc<Pool>>,
+        checks: Option<Arc<Checks>>,
+        seed: Option<&Upstream>,
         mut own: watch::Receiver<Arc<OwnSockets>>,
     ) -> Upstream {
         let (tx, pools) = watch::channel(None::<Arc<Pool>>);
-        let (name, protocol, balance) = (listener.name.clone(), listener.protocol, listener.balance);
-        tokio::spawn(async move {
+        let mut seed = seed.and_then(Upstream::current);
+        let (protocol, balance, health) = (listener.protocol(), listener.balance, listener.health.clone());
+        let follow = async move {
             let mut looping: Vec<SocketAddr> = Vec::new();
             loop {
                 let snapshot = discovery.borrow_and_update().clone();
@@ -325,31 +387,37 @@ impl Upstream {
                 if let Some(set) = snapshot {
                     let (set, loops) = set.partition(|b| !own_sockets.reached_by(protocol, b.addr));
                     for addr in loops.iter().filter(|a| !looping.contains(a)) {
-                        warn!(listener = %name, backend = %addr, "backend is one of sluice's own listening sockets, never used");
+                        warn!(backend = %addr, "backend is one of sluice's own listening sockets, never used");
                     }
                     looping = loops;
                     let previous = tx.borrow().clone().or_else(|| seed.take());
-                    let checks = health.as_ref().map(|(checks, check)| (&**checks, check));
+                    let checks = checks.as_deref().zip(health.as_ref());
                     let pool = Pool::build(&set, previous.as_deref(), balance, checks);
                     for gone in previous.iter().flat_map(|p| p.members()) {
-                        if !pool.members().any(|m| Arc::ptr_eq(&m.stats, &gone.stats)) {
-                            gone.stats.removed.cancel();
+                        if !pool.members().any(|m| Arc::ptr_eq(&m.state, &gone.state)) {
+                            gone.state.removed.cancel();
                         }
                     }
                     tx.send_replace(Some(Arc::new(pool)));
                 }
                 tokio::select! {
                     changed = discovery.changed() => if changed.is_err() { return },
-                    // Sockets sluice listens on changed (a reload).
+                    // The sockets sluice listens on changed (a reload).
                     changed = own.changed() => if changed.is_err() { return },
                     // Nobody holds this upstream any more.
                     _ = tx.closed() => return,
                 }
             }
-        });
+        };
+        // In the caller's span: its lines name the listener.
+        tokio::spawn(follow.in_current_span());
         Upstream {
             balancer: Balancer::new(balance),
             pools,
+            shared: Arc::new(Shared {
+                eject_after: listener.eject_after,
+                unreachable: Alarm::new(),
+            }),
         }
     }
 
@@ -359,13 +427,96 @@ impl Upstream {
     }
 
     /// The current pool, waiting up to `wait` for the first discovery answer.
-    pub async fn pool(&self, wait: Duration) -> Option<Arc<Pool>> {
+    pub async fn ready(&self, wait: Duration) -> Option<Arc<Pool>> {
         if let Some(pool) = self.current() {
             return Some(pool);
         }
         let mut pools = self.pools.clone();
         let ready = tokio::time::timeout(wait, pools.wait_for(Option::is_some)).await;
         ready.ok()?.ok()?.clone()
+    }
+
+    /// A backend of `pool` for `client`, other than those in `avoid`.
+    pub fn choose(&self, pool: &Pool, client: IpAddr, avoid: &[SocketAddr]) -> Option<Lease> {
+        let member = self.balancer.pick(pool, client, avoid)?;
+        Some(Lease {
+            state: member.state.clone(),
+            shared: self.shared.clone(),
+            open: false,
+        })
+    }
+
+    /// No backend took a client: says so once, then at most once a minute.
+    pub fn unreachable(&self, client: SocketAddr, why: impl Display) {
+        if let Some(repeated) = self.shared.unreachable.raise() {
+            warn!(%client, repeated, "{why}, closing connections");
+        }
+    }
+
+    /// Every current backend: its connections drain, as if it had left the
+    /// set (a reload gave the listener another source).
+    pub fn retire(&self) {
+        for member in self.current().iter().flat_map(|p| p.members()) {
+            member.state.removed.cancel();
+        }
+    }
+}
+
+/// A backend chosen for one connection or flow. Counted in the backend's
+/// `active` from [`Lease::connected`] until dropped.
+#[derive(Debug)]
+pub struct Lease {
+    state: Arc<BackendState>,
+    shared: Arc<Shared>,
+    open: bool,
+}
+
+impl Lease {
+    pub fn addr(&self) -> SocketAddr {
+        self.state.addr
+    }
+
+    /// The backend took the connection (or flow): counted, and a standing
+    /// ejection or unreachability ends, said once.
+    pub fn connected(&mut self) {
+        let state = &self.state;
+        state.total.fetch_add(1, Relaxed);
+        if !self.open {
+            state.active.fetch_add(1, Relaxed);
+            self.open = true;
+        }
+        if state.ejection.succeeded() {
+            info!(backend = %state.addr, "backend accepts connections again");
+        }
+        if self.shared.unreachable.clear() {
+            info!("connections reach backends again");
+        }
+    }
+
+    /// The backend refused or did not answer: counted, and it is ejected
+    /// after `eject_after` failures in a row (logged as [`Alarm`] says).
+    pub fn failed(&self, error: impl Display) {
+        let state = &self.state;
+        state.connect_failures.fetch_add(1, Relaxed);
+        match state.ejection.failed(self.shared.eject_after) {
+            Some(Ejected { period, repeated }) => {
+                warn!(backend = %state.addr, ?period, repeated, %error, "backend ejected after repeated connect failures");
+            }
+            None => debug!(backend = %state.addr, %error, "backend failed"),
+        }
+    }
+
+    /// Resolves once the backend has left the set.
+    pub fn removed(&self) -> WaitForCancellationFuture<'_> {
+        self.state.removed.cancelled()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.open {
+            self.state.active.fetch_sub(1, Relaxed);
+        }
     }
 }
 
@@ -439,7 +590,7 @@ mod tests {
             None,
         );
         for (m, active) in pool.members().zip([5, 0, 2]) {
-            m.stats.active.store(active, Relaxed);
+            m.state.active.store(active, Relaxed);
         }
         let balancer = Balancer::new(Balance::LeastConn);
         for _ in 0..10 {
@@ -455,7 +606,7 @@ mod tests {
             Balance::P2c,
             None,
         );
-        pool.members().next().unwrap().stats.active.store(10, Relaxed);
+        pool.members().next().unwrap().state.active.store(10, Relaxed);
         // Only a draw of the busy one twice (1 in 4) picks it.
         let light = tally(Balance::P2c, &pool, 1000)[&2];
         assert!(light > 650, "lighter backend got {light} of 1000");
@@ -514,14 +665,14 @@ mod tests {
     #[test]
     fn counters_survive_a_rebuild() {
         let first = Pool::build(&set(&[("10.0.0.1:1", 1, 1)]), None, Balance::RoundRobin, None);
-        first.members().next().unwrap().stats.total.store(7, Relaxed);
+        first.members().next().unwrap().state.total.store(7, Relaxed);
         let second = Pool::build(
             &set(&[("10.0.0.1:1", 1, 1), ("10.0.0.1:2", 1, 1)]),
             Some(&first),
             Balance::RoundRobin,
             None,
         );
-        let totals: Vec<u64> = second.members().map(|m| m.stats.total.load(Relaxed)).collect();
+        let totals: Vec<u64> = second.members().map(|m| m.state.total.load(Relaxed)).collect();
         assert_eq!(totals, [7, 0]);
     }
 }

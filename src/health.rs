@@ -1,9 +1,10 @@
-//! Backend health, two ways, both feeding [`crate::balancer::Member::available`]:
+//! Backend health, two ways, both deciding whether the balancer may choose a backend:
 //!
 //! - active checks: one task per (backend, check) however many listeners
-//!   share it, connecting every `interval` (jittered so checks spread out),
-//!   optionally sending `send` and expecting `expect` in the reply; `fall`
-//!   failures in a row take a backend down, `rise` passes bring it back;
+//!   share it, every `interval` (jittered so checks spread out): for TCP a
+//!   connect, optionally sending `send` and expecting `expect` in the reply;
+//!   for UDP a datagram `send` and a reply (containing `expect`, if set);
+//!   `fall` failures in a row take a backend down, `rise` passes bring it back;
 //! - passive ejection ([`Ejection`]): consecutive connect failures of real
 //!   traffic eject a backend for a backoff that doubles while it keeps failing.
 //!
@@ -16,13 +17,13 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::alarm::Alarm;
-use crate::config::HealthCheck;
+use crate::config::{HealthCheck, Protocol};
 
 /// First ejection period; it doubles with each further failure.
 const EJECT_BASE: Duration = Duration::from_secs(1);
@@ -121,39 +122,74 @@ async fn check_loop(addr: SocketAddr, check: HealthCheck, health: Weak<Health>, 
     }
 }
 
-/// One check: connect, then send and expect if configured, all within `timeout`.
+/// One check within `timeout`. TCP: connect, then send and expect if
+/// configured. UDP: send a datagram, and expect a reply (containing
+/// `expect`, if configured); ICMP port unreachable fails it.
 pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
     let attempt = async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        if let Some(send) = &check.send {
-            stream
-                .write_all(send.as_bytes())
-                .await
-                .map_err(|e| format!("send: {e}"))?;
+        match check.protocol {
+            Protocol::Tcp => probe_tcp(addr, check).await,
+            Protocol::Udp => probe_udp(addr, check).await,
         }
-        let Some(expect) = &check.expect else {
-            return Ok(());
-        };
-        let mut reply = Vec::new();
-        let mut chunk = [0u8; 512];
-        while reply.len() < EXPECT_WINDOW {
-            let n = stream.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            reply.extend_from_slice(&chunk[..n]);
-            if reply.windows(expect.len()).any(|w| w == expect.as_bytes()) {
-                return Ok(());
-            }
-        }
-        let got = String::from_utf8_lossy(&reply[..reply.len().min(64)]).into_owned();
-        Err(format!("expected {expect:?}, got {got:?}"))
     };
     timeout(check.timeout, attempt)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {:?}", check.timeout)))
+}
+
+async fn probe_tcp(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    if let Some(send) = &check.send {
+        stream
+            .write_all(send.as_bytes())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+    }
+    let Some(expect) = &check.expect else {
+        return Ok(());
+    };
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 512];
+    while reply.len() < EXPECT_WINDOW {
+        let n = stream.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&chunk[..n]);
+        if contains(&reply, expect) {
+            return Ok(());
+        }
+    }
+    Err(unexpected(expect, &reply))
+}
+
+async fn probe_udp(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+    let socket = UdpSocket::bind(crate::net::any_addr_like(addr))
+        .await
+        .map_err(|e| format!("socket: {e}"))?;
+    socket.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let send = check.send.as_deref().unwrap_or_default();
+    socket
+        .send(send.as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut reply = vec![0; EXPECT_WINDOW];
+    let n = socket.recv(&mut reply).await.map_err(|e| format!("read: {e}"))?;
+    match &check.expect {
+        Some(expect) if !contains(&reply[..n], expect) => Err(unexpected(expect, &reply[..n])),
+        _ => Ok(()),
+    }
+}
+
+fn contains(reply: &[u8], expect: &str) -> bool {
+    reply.windows(expect.len()).any(|w| w == expect.as_bytes())
+}
+
+fn unexpected(expect: &str, reply: &[u8]) -> String {
+    let got = String::from_utf8_lossy(&reply[..reply.len().min(64)]).into_owned();
+    format!("expected {expect:?}, got {got:?}")
 }
 
 /// Passive ejection state of one backend for one listener.
@@ -163,6 +199,8 @@ pub struct Ejection {
     consecutive_failures: AtomicU32,
     /// Ms since `born` until which the backend is skipped; 0: not ejected.
     until_ms: AtomicU64,
+    /// Times it was ejected (not counting extensions while ejected).
+    ejections: AtomicU64,
     /// Logs ejections once, not once per refused client.
     alarm: Alarm,
 }
@@ -181,12 +219,18 @@ impl Default for Ejection {
             born: Instant::now(),
             consecutive_failures: AtomicU32::new(0),
             until_ms: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
             alarm: Alarm::new(),
         }
     }
 }
 
 impl Ejection {
+    /// Times the backend was ejected.
+    pub fn count(&self) -> u64 {
+        self.ejections.load(Relaxed)
+    }
+
     pub fn is_ejected(&self) -> bool {
         let until = self.until_ms.load(Relaxed);
         until != 0 && (self.born.elapsed().as_millis() as u64) < until
@@ -210,6 +254,7 @@ impl Ejection {
         if already {
             return None;
         }
+        self.ejections.fetch_add(1, Relaxed);
         let repeated = self.alarm.raise()?;
         Some(Ejected { period, repeated })
     }

@@ -2,21 +2,37 @@
 //! records (Consul's DNS interface first of all), refreshed and diffed
 //! continuously.
 //!
-//! Data flows one way: config → discovery → balancer → proxy.
+//! Data flows one way: config → discovery → balancer → proxy; metrics and
+//! admin read from the side.
 //!
-//! - [`config`]: the TOML file and CLI shorthands, validated into a [`Config`].
+//! - [`config`]: the TOML file and CLI shorthands, validated into a
+//!   [`Config`]; listener settings typed by protocol.
 //! - [`discovery`]: one task per distinct SRV query (or static list), each
 //!   publishing immutable [`discovery::BackendSet`] snapshots on a watch channel.
-//! - [`balancer`]: per-listener pools built from snapshots, and backend choice
-//!   (round-robin, least-conn, random, p2c, maglev).
-//! - [`proxy`]: accept loops and byte forwarding with half-close and idle timeout.
+//! - [`balancer`]: the one owner of backend state. A listener's
+//!   [`balancer::Upstream`] follows its snapshots into pools and hands out a
+//!   [`balancer::Lease`] per connection or flow, through which TCP and UDP
+//!   alike record connects, failures (ejection) and ends; the choice itself
+//!   is round-robin, least-conn, random, p2c or maglev.
+//! - [`health`]: active checks (TCP connect/send/expect, UDP send/expect)
+//!   and the passive ejection state the balancer keeps per backend.
+//! - [`proxy`]: what a listener's connections share (its `Context`), the TCP
+//!   and UDP loops, and byte forwarding (splice or copy) with half-close.
 //! - [`metrics`]: metric names and the per-server Prometheus recorder.
-//! - [`health`]: active health checks and passive ejection.
 //! - [`admin`]: the HTTP endpoint for /metrics, /status, / and /healthz.
 //! - [`alarm`]: how recurring conditions are logged (once, then once a minute).
 //! - [`limits`]: the descriptor budget and the default caps derived from it.
-//! - [`net`]: address facts (what can be a peer, what binds where).
-//! - `server`: wires it all, applies reloads as a diff, owns shutdown.
+//! - [`net`]: address facts (what can be a peer, what binds where, which
+//!   backend would be sluice itself).
+//! - `server`: binds and runs listeners, owns shutdown, and reloads: a pure
+//!   `plan` (stop, rebind, update, start per listener), then one apply.
+//!
+//! ```text
+//!   SIGHUP / Control::reload ─► plan(running, new config) ─► apply:
+//!     bind new sockets (any failure: nothing changes) ─► stop & rebind (retire:
+//!     stop accepting, connections drain) ─► new DNS server ─► update (new
+//!     Context for new connections; other backends: old ones drain) ─► start
+//! ```
 //!
 //! [`Server::bind`] binds every listener (so tests can use port 0 and read the
 //! address back), [`Server::run`] serves until its shutdown token is cancelled,

@@ -17,6 +17,7 @@ pub const LISTENER_ACTIVE_CONNECTIONS: &str = "sluice_listener_active_connection
 pub const BACKEND_CONNECTIONS_TOTAL: &str = "sluice_backend_connections_total";
 pub const BACKEND_ACTIVE_CONNECTIONS: &str = "sluice_backend_active_connections";
 pub const BACKEND_CONNECT_FAILURES_TOTAL: &str = "sluice_backend_connect_failures_total";
+pub const BACKEND_EJECTIONS_TOTAL: &str = "sluice_backend_ejections_total";
 pub const BACKENDS: &str = "sluice_backends";
 pub const BYTES_TOTAL: &str = "sluice_bytes_total";
 pub const DISCOVERY_LOOKUPS_TOTAL: &str = "sluice_discovery_lookups_total";

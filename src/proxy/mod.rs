@@ -1,40 +1,31 @@
-//! Proxying: per-protocol accept loops (`tcp`, `udp`), what a listener's
-//! connections share ([`Context`]), and TCP byte forwarding. Forwarding works
-//! on `&TcpStream` readiness (`readable` + `try_read`/`try_io`) so both
-//! directions run concurrently in one task; bytes go through splice(2) pipes
-//! on Linux (`splice`) or a user-space buffer, either taken only while data
-//! flows, so an idle connection holds neither. Half-close is explicit: EOF on
-//! one side becomes `shutdown(Write)` on the other while the reverse goes on.
+//! Proxying: what a listener's connections or flows share ([`Context`]), the
+//! accept loop and connection life of each protocol (`tcp`, `udp`), and TCP
+//! byte forwarding (`forward`, with the zero-copy `splice` path on Linux).
 
+mod forward;
 #[cfg(target_os = "linux")]
 mod splice;
 pub mod tcp;
 pub mod udp;
 
-use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use metrics::Counter;
-use socket2::SockRef;
-use std::cell::RefCell;
-use std::io::{Read, Write};
-use std::net::TcpStream as StdTcpStream;
-
-use tokio::io::Ready;
-use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
-use tokio::time::{Instant, sleep_until};
-
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
 
-use crate::alarm::Alarm;
-use crate::balancer::{Member, Upstream};
+pub use forward::{End, Transfer};
+
+use crate::balancer::{Lease, Upstream};
 use crate::config::Listener;
 use crate::metrics::ListenerMetrics;
 
-/// What a listener's tasks share.
+/// One generation of a listener's settings, as its connections or flows see
+/// them. A reload that changes the listener gives new connections a new one;
+/// connections keep the one they started with.
 pub struct Context {
     pub config: Listener,
     /// The address really bound (`config.bind` may ask for port 0).
@@ -44,21 +35,56 @@ pub struct Context {
     /// Client connections (TCP) or flows (UDP) open now, across reloads.
     pub active: Arc<AtomicUsize>,
     /// Cancelled when a reload removes the listener: its connections drain.
-    pub removed: CancellationToken,
-    /// Connections find no backend (logged once, not per connection).
-    pub failing: Alarm,
+    pub retired: CancellationToken,
     /// Cancelled when the shutdown grace is over: open connections close.
     pub hard_stop: CancellationToken,
+    /// The listener's log span: each line its tasks log names the listener.
+    pub span: Span,
 }
 
 impl Context {
-    /// Resolves once a connection or flow to a backend must end: the backend
-    /// (whose `removed` token this is) or this listener was removed and
-    /// `drain_timeout` has passed.
-    pub async fn drained(&self, backend_removed: &CancellationToken) {
+    /// The first context of a new listener.
+    pub fn first(
+        config: Listener,
+        local_addr: SocketAddr,
+        upstream: Upstream,
+        metrics: ListenerMetrics,
+        hard_stop: CancellationToken,
+        span: Span,
+    ) -> Context {
+        Context {
+            config,
+            local_addr,
+            upstream,
+            metrics,
+            active: Arc::default(),
+            retired: CancellationToken::new(),
+            hard_stop,
+            span,
+        }
+    }
+
+    /// The context that follows this one after a reload: new settings, the
+    /// same socket, open-connection count, removal token and log span.
+    pub fn next(&self, config: Listener, upstream: Upstream, metrics: ListenerMetrics) -> Context {
+        Context {
+            config,
+            local_addr: self.local_addr,
+            upstream,
+            metrics,
+            active: self.active.clone(),
+            retired: self.retired.clone(),
+            hard_stop: self.hard_stop.clone(),
+            span: self.span.clone(),
+        }
+    }
+
+    /// Resolves once a connection or flow on `lease` must end: its backend
+    /// or this listener was removed and `drain_timeout` has passed.
+    pub async fn drain_over(&self, lease: &Lease) {
         tokio::select! {
-            _ = backend_removed.cancelled() => {}
-            _ = self.removed.cancelled() => {}
+            _ = lease.removed() => {}
+            _ = self.retired.cancelled() => {}
         }
         match self.config.drain_timeout {
             Some(grace) => tokio::time::sleep(grace).await,
@@ -66,66 +92,6 @@ impl Context {
             None => std::future::pending().await,
         }
     }
-}
-
-/// A backend in use by one connection or flow: counted in its `total` once
-/// and in its `active` for as long as the lease lives.
-#[derive(Debug)]
-pub struct Lease(Member);
-
-impl Lease {
-    pub fn new(member: &Member) -> Lease {
-        member.stats.total.fetch_add(1, Relaxed);
-        member.stats.active.fetch_add(1, Relaxed);
-        Lease(member.clone())
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.0.stats.active.fetch_sub(1, Relaxed);
-    }
-}
-
-/// Bytes moved per read.
-const CHUNK: usize = 64 * 1024;
-
-/// A TCP socket driven through tokio's readiness guards, which let the
-/// forwarding loops skip reads that would only return EAGAIN.
-pub type Sock = AsyncFd<StdTcpStream>;
-
-/// How a forwarded connection ended.
-#[derive(Debug)]
-pub enum End {
-    /// Both sides closed their write side.
-    Closed,
-    /// Nothing moved either way for `idle_timeout`.
-    Idle,
-    /// Its backend or listener was removed and `drain_timeout` ran out.
-    Drained,
-    /// A read or write failed (a reset, say); both sides were reset.
-    Error(io::Error),
-}
-
-impl std::fmt::Display for End {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            End::Closed => f.write_str("closed"),
-            End::Idle => f.write_str("idle timeout"),
-            End::Drained => f.write_str("drained"),
-            End::Error(e) => write!(f, "error: {e}"),
-        }
-    }
-}
-
-/// What [`forward`] did.
-#[derive(Debug)]
-pub struct Transfer {
-    /// Client → backend bytes.
-    pub up: u64,
-    /// Backend → client bytes.
-    pub down: u64,
-    pub end: End,
 }
 
 /// When a connection or flow last moved a byte either way, for idle timeouts.
@@ -152,230 +118,4 @@ impl Activity {
     pub(crate) fn deadline(&self, idle: Duration) -> Instant {
         self.start + Duration::from_millis(self.last_ms.load(Relaxed)) + idle
     }
-}
-
-/// Forwards between `client` and `backend` until both directions have ended,
-/// one fails, nothing moves for `idle`, or `drained` resolves.
-pub async fn forward(
-    client: &Sock,
-    backend: &Sock,
-    idle: Duration,
-    zero_copy: bool,
-    metrics: &ListenerMetrics,
-    drained: impl Future<Output = ()>,
-) -> Transfer {
-    let meter = Activity::new();
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let both = async {
-        let up = Tally {
-            meter: &meter,
-            bytes: &up,
-            total: &metrics.bytes_up,
-        };
-        let down = Tally {
-            meter: &meter,
-            bytes: &down,
-            total: &metrics.bytes_down,
-        };
-        both_ways(
-            direction(client, backend, up, zero_copy),
-            direction(backend, client, down, zero_copy),
-        )
-        .await
-    };
-    let idle_watch = async {
-        loop {
-            let deadline = meter.deadline(idle);
-            if Instant::now() >= deadline {
-                return;
-            }
-            sleep_until(deadline).await;
-        }
-    };
-    let end = tokio::select! {
-        result = both => match result {
-            Ok(()) => End::Closed,
-            Err(e) => {
-                // Pass the abort on: a reset, not a clean FIN, on both sides.
-                for stream in [client, backend] {
-                    let _ = SockRef::from(stream.get_ref()).set_linger(Some(Duration::ZERO));
-                }
-                End::Error(e)
-            }
-        },
-        _ = idle_watch => End::Idle,
-        _ = drained => End::Drained,
-    };
-    Transfer {
-        up: up.load(Relaxed),
-        down: down.load(Relaxed),
-        end,
-    }
-}
-
-/// A direction that failed: reading from its source, or writing to its
-/// destination (then the destination's socket is the broken one).
-#[derive(Debug)]
-enum Failure {
-    Read(io::Error),
-    Write(io::Error),
-}
-
-impl Failure {
-    fn into_error(self) -> io::Error {
-        match self {
-            Failure::Read(e) | Failure::Write(e) => e,
-        }
-    }
-}
-
-/// Runs both directions of a connection to their end. When one fails, the
-/// socket it failed on is broken; whatever that socket had already received
-/// is still delivered (a backend that answers and then resets must have its
-/// answer reach the client, as it would directly): the direction reading from
-/// the broken socket goes on until that socket is exhausted, the other is
-/// abandoned. The result is the first failure, if any.
-async fn both_ways(
-    up: impl Future<Output = Result<(), Failure>>,
-    down: impl Future<Output = Result<(), Failure>>,
-) -> io::Result<()> {
-    tokio::pin!(up, down);
-    let (mut up_done, mut down_done) = (false, false);
-    let mut first: Option<io::Error> = None;
-    while !(up_done && down_done) {
-        let ended = tokio::select! {
-            result = &mut up, if !up_done => {
-                up_done = true;
-                result
-            }
-            result = &mut down, if !down_done => {
-                down_done = true;
-                result
-            }
-        };
-        if let Err(failure) = ended {
-            // A failed write broke the destination, which the other direction
-            // reads from: let it drain. A failed read broke the source, which
-            // the other direction writes to: nothing more can be delivered.
-            let drain_other = matches!(failure, Failure::Write(_));
-            first.get_or_insert(failure.into_error());
-            if !drain_other {
-                break;
-            }
-        }
-    }
-    first.map_or(Ok(()), Err)
-}
-
-/// Where one direction counts what it moves.
-pub struct Tally<'a> {
-    meter: &'a Activity,
-    bytes: &'a AtomicU64,
-    total: &'a Counter,
-}
-
-impl Tally<'_> {
-    fn moved(&self, n: usize) {
-        self.bytes.fetch_add(n as u64, Relaxed);
-        self.total.increment(n as u64);
-        self.meter.touch();
-    }
-}
-
-/// EOF from one side: pass it on as a FIN, keeping the other direction open.
-fn half_close(to: &Sock) -> Result<(), Failure> {
-    match SockRef::from(to.get_ref()).shutdown(Shutdown::Write) {
-        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(Failure::Write(e)),
-        _ => Ok(()),
-    }
-}
-
-/// After a read that did not fill `buf`, the socket is very likely drained:
-/// forget its readiness now instead of paying a read that returns EAGAIN.
-/// Safe against lost wake-ups: data that arrives later is a new epoll edge,
-/// and tokio only clears readiness it has not seen change since the guard.
-/// A peer's FIN already seen must stay visible, so then nothing is cleared.
-fn drained(ready: &mut ReadGuard<'_>, read: usize, wanted: usize) {
-    if read < wanted && !ready.ready().is_read_closed() {
-        ready.clear_ready_matching(Ready::READABLE);
-    }
-}
-
-type ReadGuard<'a> = AsyncFdReadyGuard<'a, StdTcpStream>;
-
-/// One direction, zero-copy where the platform and the listener allow.
-async fn direction(from: &Sock, to: &Sock, tally: Tally<'_>, zero_copy: bool) -> Result<(), Failure> {
-    #[cfg(target_os = "linux")]
-    if zero_copy {
-        return splice::forward(from, to, &tally).await;
-    }
-    let _ = zero_copy;
-    // Boxed: the splice path is the default, so its future sets the size.
-    Box::pin(copy(from, to, &tally)).await
-}
-
-thread_local! {
-    /// Each worker's copy buffer, used without an await in between, so no
-    /// connection ever holds one.
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; CHUNK].into_boxed_slice());
-}
-
-/// What one read-and-write burst left to do.
-enum Burst {
-    More,
-    Eof,
-    /// The destination is full: these bytes wait for it.
-    Backlog(Vec<u8>),
-}
-
-/// Copies `from` → `to` through user space until EOF, then half-closes `to`.
-async fn copy(from: &Sock, to: &Sock, tally: &Tally<'_>) -> Result<(), Failure> {
-    loop {
-        let mut ready = from.readable().await.map_err(Failure::Read)?;
-        let burst = SCRATCH.with_borrow_mut(|buf| relay(&mut ready, to, buf, tally))?;
-        drop(ready);
-        match burst {
-            Burst::More => {}
-            Burst::Eof => return half_close(to),
-            Burst::Backlog(rest) => write_all(to, &rest, tally).await?,
-        }
-    }
-}
-
-/// Reads once into `buf` and writes it on at once, as far as `to` takes it.
-fn relay(ready: &mut ReadGuard<'_>, to: &Sock, buf: &mut [u8], tally: &Tally<'_>) -> Result<Burst, Failure> {
-    let n = match ready.try_io(|fd| fd.get_ref().read(buf)) {
-        Ok(result) => result.map_err(Failure::Read)?,
-        Err(_would_block) => return Ok(Burst::More),
-    };
-    if n == 0 {
-        return Ok(Burst::Eof);
-    }
-    drained(ready, n, buf.len());
-    let mut sent = 0;
-    while sent < n {
-        match to.get_ref().write(&buf[sent..n]) {
-            Ok(k) => {
-                sent += k;
-                tally.moved(k);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Ok(Burst::Backlog(buf[sent..n].to_vec()));
-            }
-            Err(e) => return Err(Failure::Write(e)),
-        }
-    }
-    Ok(Burst::More)
-}
-
-async fn write_all(to: &Sock, mut data: &[u8], tally: &Tally<'_>) -> Result<(), Failure> {
-    while !data.is_empty() {
-        let mut ready = to.writable().await.map_err(Failure::Write)?;
-        if let Ok(written) = ready.try_io(|fd| fd.get_ref().write(data)) {
-            let n = written.map_err(Failure::Write)?;
-            data = &data[n..];
-            tally.moved(n);
-        }
-    }
-    Ok(())
 }

@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
 
-use super::{Failure, ReadGuard, Sock, Tally, copy, half_close};
+use super::forward::{Failure, ReadGuard, Sock, Tally, copy, half_close};
 
 /// Empty pipes kept for reuse.
 const POOL_MAX: usize = 256;
@@ -94,9 +94,9 @@ pub(super) async fn forward(from: &Sock, to: &Sock, tally: &Tally<'_>) -> Result
         match pumped? {
             Pumped::Again => pipe.give_back(),
             Pumped::Stuck(in_pipe) => {
-                let drained = drain(to, &pipe, in_pipe, tally).await;
+                let flushed = flush_pipe(to, &pipe, in_pipe, tally).await;
                 // On error the pipe may still hold data: closed, not reused.
-                drained?;
+                flushed?;
                 pipe.give_back();
             }
             Pumped::Eof => {
@@ -155,7 +155,7 @@ fn pump(ready: &mut ReadGuard<'_>, to: &Sock, pipe: &Pipe, tally: &Tally<'_>) ->
 }
 
 /// Empties the pipe into `to`, waiting for room as needed.
-async fn drain(to: &Sock, pipe: &Pipe, mut in_pipe: usize, tally: &Tally<'_>) -> Result<(), Failure> {
+async fn flush_pipe(to: &Sock, pipe: &Pipe, mut in_pipe: usize, tally: &Tally<'_>) -> Result<(), Failure> {
     while in_pipe > 0 {
         let mut ready = to.writable().await.map_err(Failure::Write)?;
         // The pipe holds data here, so EAGAIN means the socket is full.

@@ -1,7 +1,8 @@
 //! TCP proxying: one listener's accept loop, and the life of one connection:
-//! wait for the first discovery answer if needed, pick a backend, connect with
-//! retry on refusal or timeout, then forward both ways (see [`super::forward`]).
+//! wait for the first discovery answer if needed, choose a backend, connect
+//! with retry on refusal or timeout, then forward both ways (`forward`).
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -13,12 +14,13 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
-use super::{Context, Lease, Sock, forward};
+use super::Context;
+use super::forward::{Sock, forward};
 use crate::alarm::Alarm;
-use crate::balancer::Member;
-use crate::health::Ejected;
+use crate::balancer::{Lease, Pool};
+use crate::config::Mode;
 
 /// Distinct backends tried for one client before giving up.
 const MAX_ATTEMPTS: usize = 3;
@@ -37,7 +39,6 @@ pub async fn serve(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let name = current.load().config.name.clone();
     let accept_failing = Alarm::new();
     loop {
         let permit = tokio::select! {
@@ -51,13 +52,13 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => {
                     if accept_failing.clear() {
-                        info!(listener = %name, "accepting again");
+                        info!("accepting again");
                     }
                     accepted
                 }
                 Err(e) => {
                     if let Some(repeated) = accept_failing.raise() {
-                        warn!(listener = %name, error = %e, repeated, "accept failed, backing off");
+                        warn!(error = %e, repeated, "accept failed, backing off");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
@@ -70,15 +71,17 @@ pub async fn serve(
         let ctx = current.load_full();
         ctx.metrics.connections.increment(1);
         let open = Open::new(&ctx.active);
-        tracker.spawn(async move {
+        let span = ctx.span.clone();
+        let connection = async move {
             tokio::select! {
                 _ = handle(client, peer, &ctx) => {}
                 _ = ctx.hard_stop.cancelled() => {}
             }
             drop((open, permit));
-        });
+        };
+        tracker.spawn(connection.instrument(span));
     }
-    info!(listener = %name, "stopped accepting");
+    info!("stopped accepting");
 }
 
 /// Counts a connection as open for as long as it lives, however it ends.
@@ -98,48 +101,46 @@ impl Drop for Open {
 }
 
 async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
-    let config = &ctx.config;
-    let name = config.name.as_str();
+    // Protocol changes rebind, so a TCP listener's context is always TCP.
+    let Mode::Tcp(settings) = ctx.config.mode else {
+        return;
+    };
     // Best effort: a socket that cannot take options still forwards correctly.
     let _ = client.set_nodelay(true);
-    let Some(pool) = ctx.upstream.pool(config.connect_timeout).await else {
-        if let Some(repeated) = ctx.failing.raise() {
-            warn!(listener = name, %peer, repeated, "no discovery answer yet, closing connections");
-        }
+    let Some(pool) = ctx.upstream.ready(ctx.config.connect_timeout).await else {
+        ctx.upstream.unreachable(peer, "no discovery answer yet");
         return;
     };
-    let Some((backend, member)) = connect(ctx, &pool, peer).await else {
+    let Some((backend, lease)) = connect(ctx, &pool, peer).await else {
         return;
     };
-    let _lease = Lease::new(&member);
     let _ = backend.set_nodelay(true);
     let (client, backend) = match (guarded(client), guarded(backend)) {
         (Ok(client), Ok(backend)) => (client, backend),
         (Err(e), _) | (_, Err(e)) => {
-            warn!(listener = name, %peer, error = %e, "cannot register the connection");
+            warn!(client = %peer, error = %e, "cannot register the connection");
             return;
         }
     };
     let started = Instant::now();
-    let drained = ctx.drained(&member.stats.removed);
     let transfer = forward(
         &client,
         &backend,
-        config.idle_timeout,
-        config.splice,
+        settings.idle_timeout,
+        settings.splice,
         &ctx.metrics,
-        drained,
+        ctx.drain_over(&lease),
     )
     .await;
     let duration = started.elapsed();
     ctx.metrics.duration.record(duration.as_secs_f64());
     let ended = &transfer.end;
-    let backend = member.addr();
+    let backend = lease.addr();
     let (up, down) = (transfer.up, transfer.down);
-    if config.access_log {
-        info!(target: "sluice::access", listener = %name, client = %peer, %backend, up, down, ?duration, %ended);
+    if settings.access_log {
+        info!(target: "sluice::access", client = %peer, %backend, up, down, ?duration, %ended);
     } else {
-        debug!(listener = name, client = %peer, %backend, up, down, ?duration, %ended, "connection ended");
+        debug!(client = %peer, %backend, up, down, ?duration, %ended, "connection ended");
     }
 }
 
@@ -151,49 +152,33 @@ fn guarded(stream: TcpStream) -> std::io::Result<Sock> {
 }
 
 /// Connects to up to [`MAX_ATTEMPTS`] distinct backends in turn.
-async fn connect(
-    ctx: &Context,
-    pool: &crate::balancer::Pool,
-    peer: SocketAddr,
-) -> Option<(TcpStream, Member)> {
-    let name = ctx.config.name.as_str();
+async fn connect(ctx: &Context, pool: &Pool, peer: SocketAddr) -> Option<(TcpStream, Lease)> {
     let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_ATTEMPTS];
     let mut attempts = 0;
     while attempts < MAX_ATTEMPTS {
-        let Some(member) = ctx.upstream.balancer.pick(pool, peer.ip(), &tried[..attempts]) else {
+        let Some(mut lease) = ctx.upstream.choose(pool, peer.ip(), &tried[..attempts]) else {
             break;
         };
-        tried[attempts] = member.addr();
+        tried[attempts] = lease.addr();
         attempts += 1;
-        let eject_after = ctx.config.eject_after;
-        let error = match timeout(ctx.config.connect_timeout, TcpStream::connect(member.addr())).await {
+        let wait = ctx.config.connect_timeout;
+        match timeout(wait, TcpStream::connect(lease.addr())).await {
             Ok(Ok(stream)) => {
-                if member.stats.ejection.succeeded() {
-                    info!(listener = name, backend = %member.addr(), "backend accepts connections again");
-                }
-                if ctx.failing.clear() {
-                    info!(listener = name, "connections reach backends again");
-                }
-                return Some((stream, member.clone()));
+                lease.connected();
+                return Some((stream, lease));
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {:?}", ctx.config.connect_timeout),
-        };
-        member.stats.connect_failures.fetch_add(1, Relaxed);
-        if let Some(Ejected { period, repeated }) = member.stats.ejection.failed(eject_after) {
-            warn!(listener = name, backend = %member.addr(), ?period, repeated, error, "backend ejected after repeated connect failures");
-        } else {
-            debug!(listener = name, backend = %member.addr(), error, "connect failed, trying another backend");
+            Ok(Err(e)) => lease.failed(e),
+            Err(_) => lease.failed(format_args!("no answer within {wait:?}")),
         }
     }
-    // Said once until a connection gets through again, not once per client.
-    if let Some(repeated) = ctx.failing.raise() {
-        if attempts == 0 {
-            warn!(listener = name, %peer, repeated, "no backends, closing connections");
-        } else {
-            let tried: Vec<String> = tried[..attempts].iter().map(ToString::to_string).collect();
-            warn!(listener = name, %peer, repeated, tried = %tried.join(" "), "no backend accepted, closing connections");
+    if attempts == 0 {
+        ctx.upstream.unreachable(peer, "no backends");
+    } else {
+        let mut why = String::from("no backend accepted, tried");
+        for addr in &tried[..attempts] {
+            let _ = write!(why, " {addr}");
         }
+        ctx.upstream.unreachable(peer, why);
     }
     None
 }

@@ -4,8 +4,10 @@
 //! the client from the listener's address. Flows expire after
 //! `udp_idle_timeout` without traffic either way; at `max_flows` the least
 //! recently used one is evicted. A backend that answers with ICMP port
-//! unreachable (ECONNREFUSED on the connected socket) ends its flow, and the
-//! client's next datagram picks another backend.
+//! unreachable (ECONNREFUSED on the connected socket) ends its flow, counts
+//! as a failure towards its ejection (as a refused TCP connect does), and the
+//! client's next datagram picks another backend. Flows of a backend removed
+//! from the set end after `drain_timeout`, like TCP connections.
 //!
 //! With `udp_replies = false` (statsd-like traffic) there are no flows:
 //! each datagram goes to the next backend the balancer picks.
@@ -19,6 +21,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use lru::LruCache;
@@ -28,11 +31,12 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
-use super::{Activity, Context, Lease};
+use super::{Activity, Context};
 use crate::alarm::Alarm;
-use crate::balancer::Pool;
+use crate::balancer::{Lease, Pool};
+use crate::config::{Mode, UdpSettings};
 
 /// Flows closed at once when no socket can be opened (descriptors exhausted).
 const EVICT_FOR_DESCRIPTORS: usize = 16;
@@ -59,10 +63,10 @@ enum FlowEnd {
 struct Flow {
     id: u64,
     upstream: Arc<UdpSocket>,
-    backend: SocketAddr,
     clock: Arc<Activity>,
     replies: AbortHandle,
-    _lease: Lease,
+    /// Shared with the reply task: the backend counts the flow until both end.
+    lease: Arc<Lease>,
 }
 
 impl Drop for Flow {
@@ -74,17 +78,22 @@ impl Drop for Flow {
 /// Receives on `socket` until `stop`, forwarding each datagram with the
 /// context current when it arrives (a reload changes new flows only).
 pub async fn serve(socket: UdpSocket, current: Arc<ArcSwap<Context>>, stop: CancellationToken) {
-    let name = current.load().config.name.clone();
-    Relay::new(Arc::new(socket), current).run(stop).await;
-    info!(listener = %name, "stopped receiving");
+    let ctx = current.load_full();
+    if let Some(settings) = udp_settings(&ctx) {
+        Relay::new(Arc::new(socket), current, ctx, settings)
+            .run(stop)
+            .await;
+    }
+    info!("stopped receiving");
 }
 
 /// One UDP listener's state: the flow table and what maintaining it needs.
 struct Relay {
     socket: Arc<UdpSocket>,
     current: Arc<ArcSwap<Context>>,
-    /// The context of the datagram being handled.
+    /// The context of the datagram being handled, and its UDP settings.
     ctx: Arc<Context>,
+    settings: UdpSettings,
     table: LruCache<SocketAddr, Flow>,
     /// Backends that refused a client, avoided by its next flow.
     refused: HashMap<SocketAddr, SocketAddr>,
@@ -95,14 +104,22 @@ struct Relay {
     senders: [Option<UdpSocket>; 2],
     /// This context has already waited once for its first pool.
     waited: bool,
+    /// No socket could be opened for a new flow lately (logged once).
+    sockets_failing: Alarm,
 }
 
 impl Relay {
-    fn new(socket: Arc<UdpSocket>, current: Arc<ArcSwap<Context>>) -> Relay {
+    fn new(
+        socket: Arc<UdpSocket>,
+        current: Arc<ArcSwap<Context>>,
+        ctx: Arc<Context>,
+        settings: UdpSettings,
+    ) -> Relay {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         Relay {
             socket,
-            ctx: current.load_full(),
+            settings,
+            ctx,
             current,
             table: LruCache::unbounded(),
             refused: HashMap::new(),
@@ -111,6 +128,7 @@ impl Relay {
             next_id: 0,
             senders: [None, None],
             waited: false,
+            sockets_failing: Alarm::new(),
         }
     }
 
@@ -122,13 +140,14 @@ impl Relay {
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((n, client)) => {
                         if recv_failing.clear() {
-                            info!(listener = %self.ctx.config.name, "receiving again");
+                            info!("receiving again");
                         }
                         if !Arc::ptr_eq(&self.ctx, &self.current.load()) {
                             self.ctx = self.current.load_full();
+                            self.settings = udp_settings(&self.ctx).unwrap_or(self.settings);
                             self.waited = false;
                         }
-                        if self.ctx.config.udp.replies {
+                        if self.settings.replies {
                             self.forward(client, &buf[..n]).await;
                         } else {
                             self.spread(client, &buf[..n]).await;
@@ -136,7 +155,7 @@ impl Relay {
                     }
                     Err(e) => {
                         if let Some(repeated) = recv_failing.raise() {
-                            warn!(listener = %self.ctx.config.name, error = %e, repeated, "receive failed");
+                            warn!(error = %e, repeated, "receive failed");
                         }
                     }
                 },
@@ -160,11 +179,11 @@ impl Relay {
     fn close(&mut self, client: SocketAddr, flow: Flow, end: FlowEnd) {
         self.ctx.active.fetch_sub(1, Relaxed);
         if end == FlowEnd::Refused {
-            debug!(listener = %self.ctx.config.name, %client, backend = %flow.backend, "backend refused, flow closed");
-            if self.refused.len() >= self.ctx.config.udp.max_flows {
+            flow.lease.failed("port unreachable");
+            if self.refused.len() >= self.settings.max_flows {
                 self.refused.clear();
             }
-            self.refused.insert(client, flow.backend);
+            self.refused.insert(client, flow.lease.addr());
         }
     }
 
@@ -179,7 +198,7 @@ impl Relay {
         if std::mem::replace(&mut self.waited, true) {
             return None;
         }
-        self.ctx.upstream.pool(self.ctx.config.connect_timeout).await
+        self.ctx.upstream.ready(self.ctx.config.connect_timeout).await
     }
 
     /// Closes the least recently used flow; false when there is none.
@@ -224,25 +243,21 @@ impl Relay {
     async fn open(&mut self, client: SocketAddr) -> bool {
         let ctx = self.ctx.clone();
         let Some(pool) = self.pool().await else {
-            debug!(listener = %ctx.config.name, %client, "no discovery answer yet, datagram dropped");
+            ctx.upstream.unreachable(client, "no discovery answer yet");
             return false;
         };
         let avoid: Vec<SocketAddr> = self.refused.remove(&client).into_iter().collect();
-        let member = match ctx.upstream.balancer.pick(&pool, client.ip(), &avoid) {
-            Some(m) => m.clone(),
-            // Only the refusing backend is left: better it than nothing.
-            None => match ctx.upstream.balancer.pick(&pool, client.ip(), &[]) {
-                Some(m) => m.clone(),
-                None => {
-                    debug!(listener = %ctx.config.name, %client, "no backends, datagram dropped");
-                    return false;
-                }
-            },
+        let chosen = ctx.upstream.choose(&pool, client.ip(), &avoid);
+        // Only the refusing backend is left: better it than nothing.
+        let chosen = chosen.or_else(|| ctx.upstream.choose(&pool, client.ip(), &[]));
+        let Some(mut lease) = chosen else {
+            ctx.upstream.unreachable(client, "no backends");
+            return false;
         };
-        if self.table.len() >= ctx.config.udp.max_flows {
+        if self.table.len() >= self.settings.max_flows {
             self.evict_oldest();
         }
-        let mut opened = connected_socket(member.addr()).await;
+        let mut opened = connected_socket(lease.addr()).await;
         if opened.is_err() && self.evict_oldest() {
             // Out of descriptors (max_flows above the fd limit): the oldest flows
             // give up their sockets, freed once their reply tasks have stopped.
@@ -250,45 +265,45 @@ impl Relay {
                 self.evict_oldest();
             }
             tokio::task::yield_now().await;
-            opened = connected_socket(member.addr()).await;
+            opened = connected_socket(lease.addr()).await;
         }
         let upstream = match opened {
             Ok(s) => Arc::new(s),
             Err(e) => {
-                member.stats.connect_failures.fetch_add(1, Relaxed);
-                if let Some(repeated) = ctx.failing.raise() {
-                    warn!(listener = %ctx.config.name, backend = %member.addr(), error = %e, repeated, "cannot open UDP sockets, dropping datagrams of new flows");
+                // Our descriptors ran out: not the backend's fault.
+                if let Some(repeated) = self.sockets_failing.raise() {
+                    warn!(backend = %lease.addr(), error = %e, repeated, "cannot open UDP sockets, dropping datagrams of new flows");
                 }
                 return false;
             }
         };
-        if ctx.failing.clear() {
-            info!(listener = %ctx.config.name, "UDP sockets can be opened again");
+        if self.sockets_failing.clear() {
+            info!("UDP sockets can be opened again");
         }
+        lease.connected();
+        let lease = Arc::new(lease);
         self.next_id += 1;
         let clock = Arc::new(Activity::new());
-        let replies = tokio::spawn(
-            Replies {
-                id: self.next_id,
-                client,
-                upstream: upstream.clone(),
-                listener: self.socket.clone(),
-                clock: clock.clone(),
-                ctx: ctx.clone(),
-                backend_removed: member.stats.removed.clone(),
-                ended: self.ended_tx.clone(),
-            }
-            .run(),
-        );
+        let replies = Replies {
+            id: self.next_id,
+            client,
+            upstream: upstream.clone(),
+            listener: self.socket.clone(),
+            clock: clock.clone(),
+            ctx: ctx.clone(),
+            idle_timeout: self.settings.idle_timeout,
+            lease: lease.clone(),
+            ended: self.ended_tx.clone(),
+        };
+        let replies = tokio::spawn(replies.run().instrument(ctx.span.clone()));
         ctx.metrics.connections.increment(1);
         ctx.active.fetch_add(1, Relaxed);
         let flow = Flow {
             id: self.next_id,
             upstream,
-            backend: member.addr(),
             clock,
             replies: replies.abort_handle(),
-            _lease: Lease::new(&member),
+            lease,
         };
         self.table.put(client, flow);
         true
@@ -300,25 +315,42 @@ impl Relay {
             return;
         };
         let ctx = &self.ctx;
-        let Some(member) = ctx.upstream.balancer.pick(&pool, client.ip(), &[]) else {
+        let Some(mut lease) = ctx.upstream.choose(&pool, client.ip(), &[]) else {
+            ctx.upstream.unreachable(client, "no backends");
             return;
         };
-        let family = usize::from(member.addr().is_ipv6());
+        let family = usize::from(lease.addr().is_ipv6());
         if self.senders[family].is_none() {
-            match UdpSocket::bind(crate::net::any_addr_like(member.addr())).await {
+            match UdpSocket::bind(crate::net::any_addr_like(lease.addr())).await {
                 Ok(s) => self.senders[family] = Some(s),
                 Err(e) => {
-                    warn!(listener = %ctx.config.name, error = %e, "cannot open a UDP socket");
+                    if let Some(repeated) = self.sockets_failing.raise() {
+                        warn!(error = %e, repeated, "cannot open a UDP socket");
+                    }
                     return;
                 }
             }
         }
         if let Some(sender) = &self.senders[family] {
-            if send_now(sender, data, Some(member.addr())).is_ok() {
-                member.stats.total.fetch_add(1, Relaxed);
-                ctx.metrics.bytes_up.increment(data.len() as u64);
+            match send_now(sender, data, Some(lease.addr())) {
+                Ok(_) => {
+                    lease.connected();
+                    ctx.metrics.bytes_up.increment(data.len() as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => lease.failed(e),
+                // A full socket buffer drops the datagram, as a router would.
+                Err(_) => {}
             }
         }
+    }
+}
+
+/// A UDP listener's settings (protocol changes rebind, so a UDP listener's
+/// context is always UDP).
+fn udp_settings(ctx: &Context) -> Option<UdpSettings> {
+    match ctx.config.mode {
+        Mode::Udp(settings) => Some(settings),
+        Mode::Tcp(_) => None,
     }
 }
 
@@ -348,8 +380,8 @@ struct Replies {
     listener: Arc<UdpSocket>,
     clock: Arc<Activity>,
     ctx: Arc<Context>,
-    /// The backend's: cancelled when it leaves the set.
-    backend_removed: CancellationToken,
+    idle_timeout: Duration,
+    lease: Arc<Lease>,
     ended: mpsc::UnboundedSender<(SocketAddr, u64, FlowEnd)>,
 }
 
@@ -365,13 +397,13 @@ impl Replies {
             listener,
             clock,
             ctx,
-            backend_removed,
+            idle_timeout: idle,
+            lease,
             ended,
         } = self;
-        let idle = ctx.config.udp.idle_timeout;
         // One timer per flow, moved only when it fires (not per datagram).
         let timer = sleep_until(clock.deadline(idle));
-        let drained = ctx.drained(&backend_removed);
+        let drained = ctx.drain_over(&lease);
         tokio::pin!(timer, drained);
         let end = loop {
             tokio::select! {
@@ -392,7 +424,7 @@ impl Replies {
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break FlowEnd::Refused,
-                        Err(e) => debug!(listener = %ctx.config.name, %client, error = %e, "reply lost"),
+                        Err(e) => debug!(%client, error = %e, "reply lost"),
                     }
                 }
                 _ = &mut timer => {

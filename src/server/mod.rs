@@ -1,18 +1,21 @@
 //! The running server: binds the listeners, wires discovery → balancer →
-//! proxy for each, applies reloads as a diff against what runs, and owns
-//! shutdown (stop accepting, drain for `shutdown_grace`, then close).
+//! proxy for each, applies reloads, and owns shutdown (stop accepting, drain
+//! for `shutdown_grace`, then close).
 //!
-//! A reload never touches what did not change: an unchanged listener keeps
-//! its socket, context and connections; a changed one keeps its socket and
-//! gives new connections the new settings; a removed one stops accepting and
-//! its connections drain. Anything that fails (a port in use, no DNS server)
-//! fails the whole reload before anything is changed.
+//! A reload is planned first (`plan`: which listeners stop, rebind, update
+//! or start), then applied. It never touches what did not change: an
+//! unchanged listener keeps its socket, context and connections; a changed
+//! one keeps its socket and gives new connections the new settings; a
+//! removed one stops accepting and its connections drain. Anything that
+//! fails (a port in use, no DNS server) fails the whole reload before
+//! anything is changed.
+
+mod plan;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -21,19 +24,19 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument, Span, info, info_span, warn};
 
 use crate::Error;
 use crate::admin::Admin;
-use crate::alarm::Alarm;
-use crate::balancer::{Pool, Upstream};
-use crate::config::{BackendSource, Config, Listener, Protocol};
+use crate::balancer::Upstream;
+use crate::config::{BackendSource, Config, Listener, Mode, Protocol};
 use crate::discovery::Registry;
 use crate::discovery::dns::DnsClient;
 use crate::health::Checks;
 use crate::metrics::Metrics;
 use crate::net::OwnSockets;
 use crate::proxy::{self, Context};
+use plan::Change;
 
 /// Pending connections the kernel queues per listener while at `max_connections`.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -52,14 +55,14 @@ impl Socket {
     fn bind(listener: &Listener) -> Result<Socket, Error> {
         let socket = Socket2::new(
             Domain::for_address(listener.bind),
-            sock_type(listener.protocol),
+            sock_type(listener.protocol()),
             None,
         );
         let bound = socket.and_then(|socket| {
             if listener.reuse_port {
                 socket.set_reuse_port(true)?;
             }
-            match listener.protocol {
+            match listener.protocol() {
                 Protocol::Tcp => listen_tcp(socket, listener.bind).map(Socket::Tcp),
                 Protocol::Udp => {
                     let _ = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
@@ -220,6 +223,7 @@ impl Server {
         let mut running = Running {
             listeners: HashMap::new(),
             own: watch::Sender::new(Arc::default()),
+            dns: config.dns,
             metrics_addr: config.metrics,
             discovery: Registry::new(dns, metrics.clone(), shutdown.clone()),
             checks: Arc::new(Checks::new(shutdown.clone())),
@@ -234,7 +238,6 @@ impl Server {
             running.start(listener, socket);
         }
         running.publish();
-        running.publish_own_sockets();
         if let (Some(socket), Some(addr), Some(admin)) = (admin, metrics_addr, running.admin.clone()) {
             info!(%addr, "serving /metrics, /status and / over HTTP");
             tokio::spawn(crate::admin::serve(socket, admin, shutdown.clone()));
@@ -259,31 +262,33 @@ impl Server {
     }
 }
 
-/// One listener as it runs.
-struct Live {
+/// One listener as it runs, across reloads; what its connections see is its
+/// current [`Context`].
+struct Serving {
     config: Listener,
-    lasting: Lasting,
     /// The context new connections take; a reload swaps it.
     current: Arc<ArcSwap<Context>>,
     /// TCP: open connections allowed (`max_connections`).
     limit: Arc<Semaphore>,
-    /// Stops accepting.
+    /// Stops accepting (cancelled by shutdown too).
     stop: CancellationToken,
 }
 
-/// What every context of one listener shares, across reloads.
-struct Lasting {
-    local_addr: SocketAddr,
-    /// Open connections or flows.
-    active: Arc<AtomicUsize>,
-    /// Cancelled when the listener is removed: every context's connections drain.
-    removed: CancellationToken,
+impl Serving {
+    /// Stops accepting; open connections drain (`drain_timeout`). The one
+    /// way a listener ends before shutdown, whatever its protocol.
+    fn retire(&self) {
+        self.stop.cancel();
+        self.current.load().retired.cancel();
+    }
 }
 
 struct Running {
-    listeners: HashMap<String, Live>,
+    listeners: HashMap<String, Serving>,
     /// The sockets of `listeners`, which backends must not be.
     own: watch::Sender<Arc<OwnSockets>>,
+    /// The DNS server as configured (`None`: the system's).
+    dns: Option<SocketAddr>,
     /// As configured at start (the endpoint is not rebound on reload).
     metrics_addr: Option<SocketAddr>,
     discovery: Registry,
@@ -297,139 +302,137 @@ struct Running {
 }
 
 impl Running {
-    /// A context for `listener`; `seed` is the pool of the context it
-    /// replaces, whose backend counters carry over.
-    fn context(&mut self, listener: &Listener, lasting: &Lasting, seed: Option<Arc<Pool>>) -> Arc<Context> {
+    /// An upstream for `listener`, following its backends; with `seed` (the
+    /// upstream it replaces, same backends), backend state carries over.
+    fn upstream(&mut self, listener: &Listener, span: &Span, seed: Option<&Upstream>) -> Upstream {
         let snapshots = self.discovery.subscribe(&listener.backends);
-        let health = listener.health.clone().map(|check| (self.checks.clone(), check));
-        Arc::new(Context {
-            config: listener.clone(),
-            local_addr: lasting.local_addr,
-            upstream: Upstream::follow(listener, snapshots, health, seed, self.own.subscribe()),
-            metrics: self.metrics.listener(&listener.name),
-            active: lasting.active.clone(),
-            removed: lasting.removed.child_token(),
-            failing: Alarm::new(),
-            hard_stop: self.hard_stop.clone(),
-        })
+        let checks = listener.health.as_ref().map(|_| self.checks.clone());
+        let own = self.own.subscribe();
+        span.in_scope(|| Upstream::follow(listener, snapshots, checks, seed, own))
     }
 
     fn start(&mut self, listener: &Listener, socket: Socket) -> SocketAddr {
         let local_addr = socket.local_addr().unwrap_or(listener.bind);
-        let lasting = Lasting {
+        let span = info_span!("listener", name = %listener.name);
+        let upstream = self.upstream(listener, &span, None);
+        let metrics = self.metrics.listener(&listener.name);
+        let ctx = Context::first(
+            listener.clone(),
             local_addr,
-            active: Arc::new(AtomicUsize::new(0)),
-            removed: CancellationToken::new(),
+            upstream,
+            metrics,
+            self.hard_stop.clone(),
+            span,
+        );
+        let max_connections = match listener.mode {
+            Mode::Tcp(tcp) => tcp.max_connections,
+            Mode::Udp(_) => 0,
         };
-        let current = Arc::new(ArcSwap::new(self.context(listener, &lasting, None)));
-        let limit = Arc::new(Semaphore::new(listener.max_connections));
-        let stop = self.shutdown.child_token();
-        info!(listener = %listener.name, addr = %local_addr, protocol = %listener.protocol, "listening");
+        let serving = Serving {
+            config: listener.clone(),
+            current: Arc::new(ArcSwap::new(Arc::new(ctx))),
+            limit: Arc::new(Semaphore::new(max_connections)),
+            stop: self.shutdown.child_token(),
+        };
+        let (current, stop, span) = (
+            serving.current.clone(),
+            serving.stop.clone(),
+            serving.current.load().span.clone(),
+        );
         match socket {
             Socket::Tcp(socket) => {
-                let serve = proxy::tcp::serve(
-                    socket,
-                    current.clone(),
-                    limit.clone(),
-                    stop.clone(),
-                    self.tracker.clone(),
-                );
-                self.tracker.spawn(serve);
+                let serve =
+                    proxy::tcp::serve(socket, current, serving.limit.clone(), stop, self.tracker.clone());
+                self.tracker.spawn(serve.instrument(span.clone()));
             }
             Socket::Udp(socket) => {
                 self.tracker
-                    .spawn(proxy::udp::serve(socket, current.clone(), stop.clone()));
+                    .spawn(proxy::udp::serve(socket, current, stop).instrument(span.clone()));
             }
         }
-        let live = Live {
-            config: listener.clone(),
-            lasting,
-            current,
-            limit,
-            stop,
-        };
-        self.listeners.insert(listener.name.clone(), live);
+        span.in_scope(|| info!(addr = %local_addr, protocol = %listener.protocol(), "listening"));
+        self.listeners.insert(listener.name.clone(), serving);
         local_addr
     }
 
-    /// Stops accepting on `name`; its connections drain.
-    fn remove(&mut self, name: &str) {
-        if let Some(live) = self.listeners.remove(name) {
-            live.stop.cancel();
-            live.lasting.removed.cancel();
+    /// New settings for a listener on its socket: new connections get a
+    /// new context; with other backends, the old ones' connections drain.
+    fn update(&mut self, listener: Listener, same_backends: bool) {
+        let Some(mut serving) = self.listeners.remove(&listener.name) else {
+            return;
+        };
+        let previous = serving.current.load_full();
+        let seed = same_backends.then_some(&previous.upstream);
+        let upstream = self.upstream(&listener, &previous.span, seed);
+        let metrics = self.metrics.listener(&listener.name);
+        if let (Mode::Tcp(old), Mode::Tcp(new)) = (serving.config.mode, listener.mode) {
+            resize(&serving.limit, old.max_connections, new.max_connections);
         }
+        serving
+            .current
+            .store(Arc::new(previous.next(listener.clone(), upstream, metrics)));
+        if !same_backends {
+            previous.upstream.retire();
+        }
+        serving.config = listener;
+        self.listeners.insert(serving.config.name.clone(), serving);
     }
 
     fn reload(&mut self, config: Config) -> Result<ReloadReport, Error> {
-        let dns = dns_client(&config)?;
-        let dns_changed = dns.as_ref().map(DnsClient::server) != self.discovery.dns().map(DnsClient::server);
+        let plan = plan::plan(self.listeners.values().map(|s| &s.config), self.dns, &config);
+        let dns = if plan.dns_changed {
+            Some(dns_client(&config)?)
+        } else {
+            None
+        };
         // Bind whatever needs a new socket first: a failure there changes nothing.
         let mut fresh = Vec::new();
-        let mut changed = Vec::new();
-        for listener in &config.listeners {
-            match self.listeners.get(&listener.name) {
-                Some(live) if !needs_new_socket(&live.config, listener) => {
-                    let uses_dns = matches!(listener.backends, BackendSource::Dns(_));
-                    if live.config != *listener || (dns_changed && uses_dns) {
-                        changed.push(listener.clone());
-                    }
-                }
-                _ => fresh.push((listener.clone(), Socket::bind(listener)?)),
+        for change in &plan.changes {
+            if let Change::Start(listener) | Change::Rebind(listener) = change {
+                fresh.push((listener.clone(), Socket::bind(listener)?));
             }
         }
 
         let mut report = ReloadReport::default();
-        let keep: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
-        let rebound: Vec<&str> = fresh.iter().map(|(l, _)| l.name.as_str()).collect();
-        let gone: Vec<String> = self
-            .listeners
-            .keys()
-            .filter(|name| !keep.contains(&name.as_str()) || rebound.contains(&name.as_str()))
-            .cloned()
-            .collect();
-        for name in gone {
-            self.remove(&name);
-            if !keep.contains(&name.as_str()) {
-                report.removed.push(name);
-            }
-        }
-        if dns_changed {
-            self.discovery.set_dns(dns);
-        }
-        for listener in changed {
-            let Some(mut live) = self.listeners.remove(&listener.name) else {
+        for change in &plan.changes {
+            let (Change::Stop(name) | Change::Rebind(Listener { name, .. })) = change else {
                 continue;
             };
-            // Same backends: counters (active, totals, ejection) carry over.
-            // Other backends: the old ones' connections drain, as if removed.
-            let same_source = live.config.backends == listener.backends && !dns_changed;
-            let seed = same_source
-                .then(|| live.current.load().upstream.current())
-                .flatten();
-            let ctx = self.context(&listener, &live.lasting, seed);
-            resize(&live.limit, live.config.max_connections, listener.max_connections);
-            let old = live.current.swap(ctx);
-            if !same_source {
-                old.removed.cancel();
+            if let Some(serving) = self.listeners.remove(name) {
+                serving.retire();
             }
-            live.config = listener.clone();
-            self.listeners.insert(listener.name.clone(), live);
-            report.changed.push(listener.name);
+            if let Change::Stop(name) = change {
+                report.removed.push(name.clone());
+            }
         }
-        if self.metrics_addr != config.metrics {
-            warn!("the metrics endpoint address only changes on restart");
+        // Before any new context subscribes to a DNS source.
+        if let Some(dns) = dns {
+            self.discovery.set_dns(dns);
+        }
+        for change in plan.changes {
+            if let Change::Update {
+                listener,
+                same_backends,
+            } = change
+            {
+                report.changed.push(listener.name.clone());
+                self.update(listener, same_backends);
+            }
         }
         for (listener, socket) in fresh {
             let addr = self.start(&listener, socket);
             report.added.push((listener.name, addr));
         }
-        report.added.sort();
-        report.removed.sort();
-        report.changed.sort();
+        if self.metrics_addr != config.metrics {
+            warn!("the metrics endpoint address only changes on restart");
+        }
+        self.dns = config.dns;
         self.discovery.retain(&config.listeners);
         self.shutdown_grace = config.shutdown_grace;
         self.publish();
-        self.publish_own_sockets();
+        report.added.sort();
+        report.removed.sort();
+        report.changed.sort();
         info!(
             added = ?report.added,
             removed = ?report.removed,
@@ -439,7 +442,8 @@ impl Running {
         Ok(report)
     }
 
-    /// Shows the current listeners and queries on the status page.
+    /// Shows the current listeners and queries on the status page, and
+    /// tells every upstream which sockets are sluice's own.
     fn publish(&self) {
         if let Some(admin) = &self.admin {
             let mut listeners: Vec<Arc<Context>> =
@@ -447,14 +451,10 @@ impl Running {
             listeners.sort_by(|a, b| a.config.name.cmp(&b.config.name));
             admin.publish(listeners, self.discovery.queries());
         }
-    }
-
-    /// Tells every upstream which sockets are sluice's own, once they change.
-    fn publish_own_sockets(&self) {
         let own = OwnSockets::new(
             self.listeners
                 .values()
-                .map(|live| (live.config.protocol, live.lasting.local_addr)),
+                .map(|serving| (serving.config.protocol(), serving.current.load().local_addr)),
         );
         self.own.send_if_modified(|current| {
             let changed = **current != own;
@@ -479,11 +479,6 @@ impl Running {
         }
         info!("stopped");
     }
-}
-
-/// Whether a change to `old` can only be applied with a new socket.
-fn needs_new_socket(old: &Listener, new: &Listener) -> bool {
-    old.bind != new.bind || old.protocol != new.protocol || old.reuse_port != new.reuse_port
 }
 
 /// Resizes a connection limit; a lower one takes the free permits now and

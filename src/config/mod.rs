@@ -1,0 +1,349 @@
+//! Configuration: the TOML file and the CLI shorthand listeners, turned into a
+//! validated model ([`Config`]) that the rest of sluice runs from.
+//!
+//! - this file: the model, and [`Config::load`] / [`Config::parse`];
+//! - `raw`: the file as serde reads it, every value with its span;
+//! - `validate`: raw → model, bounds, defaults, problems with file and line;
+//! - `shorthand`: `PORT:SERVICE` arguments, turned into raw listener tables;
+//! - `names`: DNS names and addresses, by what they are for;
+//! - `error`: [`Problem`], [`ConfigError`] and how values are quoted back.
+//!
+//! A listener's settings are typed by protocol ([`Mode`]): a key that only
+//! the other protocol takes is an error naming the key, line and protocol.
+//! Nothing outside this module ever sees a raw value.
+
+mod error;
+mod names;
+mod raw;
+mod shorthand;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{ConfigError, Problem};
+pub use validate::MAX_CHECK_BYTES;
+use validate::{Place, Validator};
+
+/// Port used for `dns` / `--dns` when the address has none.
+pub const DNS_PORT: u16 = 53;
+/// The longest any duration may be: far beyond any useful timeout, and small
+/// enough that adding it to a clock or multiplying it never overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// A configuration file larger than this is refused unread (`-c /dev/zero`).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// DNS server for SRV lookups; `None` means the system resolver's first nameserver.
+    pub dns: Option<SocketAddr>,
+    /// HTTP address for metrics and status, if any.
+    pub metrics: Option<SocketAddr>,
+    /// How long connections may finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+    pub listeners: Vec<Listener>,
+}
+
+/// One listening port and where its connections (or flows) go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub backends: BackendSource,
+    pub balance: Balance,
+    /// Per backend tried (TCP); also how long the first traffic waits for
+    /// the first discovery answer.
+    pub connect_timeout: Duration,
+    /// Active health checks, if configured.
+    pub health: Option<HealthCheck>,
+    /// Consecutive connect failures (UDP: refusals) that eject a backend
+    /// for a while (0: never).
+    pub eject_after: u32,
+    /// How long connections or flows to a removed backend (or of a removed
+    /// listener) may go on; `None`: until they end or go idle.
+    pub drain_timeout: Option<Duration>,
+    /// Bind with SO_REUSEPORT, so a new sluice can take over the port.
+    pub reuse_port: bool,
+    pub mode: Mode,
+}
+
+impl Listener {
+    pub fn protocol(&self) -> Protocol {
+        match self.mode {
+            Mode::Tcp(_) => Protocol::Tcp,
+            Mode::Udp(_) => Protocol::Udp,
+        }
+    }
+}
+
+/// What a listener does with what it receives, by protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Tcp(TcpSettings),
+    Udp(UdpSettings),
+}
+
+/// How a TCP listener treats its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSettings {
+    /// Close connections silent in both directions this long.
+    pub idle_timeout: Duration,
+    /// Open at once; further clients wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Log one line per closed connection.
+    pub access_log: bool,
+    /// Forward with splice(2) (Linux) instead of copying through user space.
+    pub splice: bool,
+}
+
+/// How a UDP listener tracks flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSettings {
+    /// A flow with no datagram either way for this long is forgotten.
+    pub idle_timeout: Duration,
+    /// Flows kept at most; the least recently used goes first.
+    pub max_flows: usize,
+    /// `false`: fire-and-forget (statsd): no flows, datagrams spread per packet.
+    pub replies: bool,
+}
+
+/// `[listeners.NAME.health]`: an active check of every backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    /// TCP: connect (then send/expect); UDP: send a datagram (and expect).
+    pub protocol: Protocol,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes that bring a down backend back.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+    /// Bytes to send (e.g. `"PING\r\n"`); required for UDP.
+    pub send: Option<String>,
+    /// Bytes the reply must contain (e.g. `"+PONG"`); without, TCP checks
+    /// only connect and UDP takes any reply.
+    pub expect: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    Random,
+    P2c,
+    Maglev,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConn => "least-conn",
+            Balance::Random => "random",
+            Balance::P2c => "p2c",
+            Balance::Maglev => "maglev",
+        })
+    }
+}
+
+/// Where a listener's backends come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BackendSource {
+    Dns(SrvQuery),
+    Static(Vec<SocketAddr>),
+}
+
+/// One SRV lookup. Listeners with equal queries share one discovery task.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SrvQuery {
+    /// Fully qualified SRV name, e.g. `redis.service.consul.`
+    pub name: String,
+    /// Re-resolution interval.
+    pub refresh: Duration,
+    /// How long NXDOMAIN / empty answers must persist before they empty the set.
+    pub empty_grace: Duration,
+    /// Always query over TCP (for servers that truncate without setting TC).
+    pub tcp: bool,
+}
+
+/// What the command line adds to (or overrides in) the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub dns: Option<String>,
+    pub metrics: Option<String>,
+    /// Shorthand listeners, `[ADDR:]PORT[/udp]:SERVICE`.
+    pub listeners: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates `path` (if any) plus the command-line overrides.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => {
+                let origin = path.display().to_string();
+                let text = read_capped(path).map_err(|e| ConfigError::one(&origin, e))?;
+                Self::parse(&text, &origin, overrides)
+            }
+            None => Self::parse("", "<command line>", overrides),
+        }
+    }
+
+    /// Parses TOML `text`; `origin` names it in errors (usually the file path).
+    pub fn parse(text: &str, origin: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file = Place::File { text, origin };
+        let raw = toml::from_str(text).map_err(|e| {
+            let location = match e.span() {
+                Some(span) => file.at(&span),
+                None => origin.to_string(),
+            };
+            ConfigError::one(location, error::shortened(e.message().trim_end()))
+        })?;
+        Validator::new(file).validate(raw, overrides)
+    }
+}
+
+/// The file's text, refusing files over [`MAX_CONFIG_BYTES`] without reading them whole.
+fn read_capped(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "larger than {MAX_CONFIG_BYTES} bytes, not a configuration file"
+        ));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", &Overrides::default())
+    }
+
+    fn shorthand(args: &[&str]) -> Result<Config, ConfigError> {
+        let overrides = Overrides {
+            dns: Some("127.0.0.1:8600".into()),
+            listeners: args.iter().map(|a| a.to_string()).collect(),
+            ..Overrides::default()
+        };
+        Config::parse("", "cli", &overrides)
+    }
+
+    #[test]
+    fn shorthand_forms() {
+        let config = shorthand(&["2003:graphite", "127.0.0.1:6390:redis", "[::1]:80/tcp:web"]).unwrap();
+        assert_eq!(config.dns, Some("127.0.0.1:8600".parse().unwrap()));
+        let binds: Vec<String> = config.listeners.iter().map(|l| l.bind.to_string()).collect();
+        assert_eq!(binds, ["0.0.0.0:2003", "127.0.0.1:6390", "[::1]:80"]);
+        let BackendSource::Dns(q) = &config.listeners[0].backends else {
+            panic!("expected DNS source")
+        };
+        assert_eq!(q.name, "graphite.service.consul.");
+        assert_eq!(q.empty_grace, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_shorthand_listener_is_a_table_with_bind_protocol_and_service() {
+        let from_args = shorthand(&["8125/udp:statsd"]).unwrap();
+        let from_file = Config::parse(
+            "[listeners.\"8125/udp:statsd\"]\nbind = \"0.0.0.0:8125\"\nprotocol = \"udp\"\nservice = \"statsd\"\n",
+            "cli",
+            &Overrides {
+                dns: Some("127.0.0.1:8600".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(from_args, from_file, "the same defaults either way");
+    }
+
+    #[test]
+    fn shorthand_errors_name_the_listener() {
+        for (arg, want) in [
+            ("graphite", "expected [ADDR:]PORT"),
+            ("99999:graphite", "invalid address"),
+            ("2003:gra phite", "service: `gra phite` is not a valid DNS label"),
+            ("224.0.0.1:5:x", "bind: cannot listen on 224.0.0.1:5"),
+        ] {
+            let err = shorthand(&[arg]).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("listener '{arg}': ")), "{err}");
+            assert!(err.contains(want), "{arg}: {err}");
+        }
+    }
+
+    #[test]
+    fn dns_without_port_defaults_to_53() {
+        let config =
+            parse("dns = \"10.0.0.2\"\n[listeners.a]\nbind=\"127.0.0.1:1\"\nbackends=[\"127.0.0.1:2\"]\n")
+                .unwrap();
+        assert_eq!(config.dns, Some("10.0.0.2:53".parse().unwrap()));
+    }
+
+    #[test]
+    fn per_listener_overrides_and_tags() {
+        let config = parse(
+            "domain = \"example.\"\nrefresh = \"250ms\"\ntcp = true\n\
+             [listeners.a]\nbind = \"127.0.0.1:1\"\nservice = \"Redis\"\ntag = \"primary\"\n\
+             empty_grace = \"0s\"\ntcp = false\nbalance = \"p2c\"\n",
+        )
+        .unwrap();
+        let l = &config.listeners[0];
+        assert_eq!(l.balance, Balance::P2c);
+        assert_eq!(
+            l.backends,
+            BackendSource::Dns(SrvQuery {
+                name: "primary.redis.service.example.".into(),
+                refresh: Duration::from_millis(250),
+                empty_grace: Duration::ZERO,
+                tcp: false,
+            })
+        );
+    }
+
+    #[test]
+    fn settings_are_typed_by_protocol() {
+        let config = parse(
+            "[listeners.t]\nbind = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\nmax_connections = 7\n\
+             [listeners.u]\nbind = \"127.0.0.1:1\"\nprotocol = \"udp\"\nbackends = [\"127.0.0.1:2\"]\nmax_flows = 9\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            config.listeners[0].mode,
+            Mode::Tcp(TcpSettings {
+                max_connections: 7,
+                ..
+            })
+        ));
+        assert!(matches!(
+            config.listeners[1].mode,
+            Mode::Udp(UdpSettings { max_flows: 9, .. })
+        ));
+    }
+}

@@ -1,0 +1,88 @@
+//! The forms of names and addresses a configuration may hold: DNS labels and
+//! names, Consul's SRV names, and addresses by what they are for (a DNS
+//! server, a listener's bind, a backend), each refusing what cannot work.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::DNS_PORT;
+use super::error::quoted;
+
+/// A DNS server: `ip:port`, `[v6]:port`, or a bare IP that gets port 53.
+pub(super) fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
+    let addr = match text.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => text
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .map(|ip| SocketAddr::new(ip, DNS_PORT))
+            .map_err(|_| format!("invalid address {}: expected IP or IP:PORT", quoted(text)))?,
+    };
+    peer(addr)
+}
+
+/// A backend to connect to: `ip:port` of a single unicast host.
+pub(super) fn parse_peer(text: &str) -> Result<SocketAddr, String> {
+    parse_socket_addr(text).and_then(peer)
+}
+
+fn peer(addr: SocketAddr) -> Result<SocketAddr, String> {
+    match crate::net::unusable_peer(addr) {
+        Some(reason) => Err(format!("{addr} cannot be reached as a server: {reason}")),
+        None => Ok(addr),
+    }
+}
+
+/// Where a listener binds: `ip:port`, a wildcard or unicast address.
+pub(super) fn parse_bind(text: &str) -> Result<SocketAddr, String> {
+    let addr = parse_socket_addr(text)?;
+    match crate::net::unusable_bind(addr.ip()) {
+        Some(reason) => Err(format!("cannot listen on {addr}: {reason}")),
+        None => Ok(addr),
+    }
+}
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>().map_err(|_| {
+        format!(
+            "invalid address {}: expected IP:PORT, e.g. 127.0.0.1:2003 or [::]:2003",
+            quoted(text)
+        )
+    })
+}
+
+/// Consul's SRV name: `[tag.]service.service.domain.`
+pub(super) fn consul_name(tag: Option<&str>, service: &str, domain: &str) -> String {
+    let service = service.to_ascii_lowercase();
+    match tag {
+        Some(tag) => format!("{}.{service}.service.{domain}.", tag.to_ascii_lowercase()),
+        None => format!("{service}.service.{domain}."),
+    }
+}
+
+/// One DNS label as Consul service and tag names use them (RFC 1123, plus
+/// the `_` of SRV names).
+pub(super) fn check_label(label: &str) -> Result<(), String> {
+    let valid = !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is not a valid DNS label (letters, digits, '-' inside, '_'; 1 to 63 characters)",
+            quoted(label)
+        ))
+    }
+}
+
+pub(super) fn check_dns_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!("{} is not a valid DNS name", quoted(name)));
+    }
+    name.split('.').try_for_each(check_label)
+}

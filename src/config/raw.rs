@@ -1,0 +1,100 @@
+//! The configuration as serde reads it: every value with its span, so that a
+//! problem can name its line. `deny_unknown_fields` turns a typo into an
+//! error that names the key. Only `validate` ever looks at these.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Balance, Protocol};
+
+pub(super) type Dur = Spanned<humantime_serde::Serde<Duration>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub dns: Option<Spanned<String>>,
+    pub domain: Option<Spanned<String>>,
+    pub refresh: Option<Dur>,
+    pub empty_grace: Option<Dur>,
+    pub tcp: Option<Spanned<bool>>,
+    pub shutdown_grace: Option<Dur>,
+    pub metrics: Option<Spanned<String>>,
+    #[serde(default)]
+    pub listeners: BTreeMap<String, Spanned<RawListener>>,
+}
+
+/// One `[listeners.NAME]` table, or a shorthand listener turned into one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    pub bind: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<Protocol>>,
+    pub service: Option<Spanned<String>>,
+    pub tag: Option<Spanned<String>>,
+    pub srv: Option<Spanned<String>>,
+    pub backends: Option<Spanned<Vec<Spanned<String>>>>,
+    pub balance: Option<Spanned<Balance>>,
+    pub connect_timeout: Option<Dur>,
+    pub tcp: Option<Spanned<bool>>,
+    pub empty_grace: Option<Dur>,
+    pub health: Option<Spanned<RawHealth>>,
+    pub eject_after: Option<Spanned<i64>>,
+    pub drain_timeout: Option<Dur>,
+    pub reuse_port: Option<Spanned<bool>>,
+    // TCP only.
+    pub idle_timeout: Option<Dur>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub access_log: Option<Spanned<bool>>,
+    pub splice: Option<Spanned<bool>>,
+    // UDP only.
+    pub udp_idle_timeout: Option<Dur>,
+    pub max_flows: Option<Spanned<i64>>,
+    pub udp_replies: Option<Spanned<bool>>,
+}
+
+/// The keys of `keys` that are set, with where.
+fn set(keys: &[(&'static str, Option<Range<usize>>)]) -> Vec<(&'static str, Range<usize>)> {
+    keys.iter()
+        .filter_map(|(key, span)| Some((*key, span.clone()?)))
+        .collect()
+}
+
+impl RawListener {
+    /// The keys set here that only the other protocol than `protocol` takes.
+    pub fn misplaced(&self, protocol: Protocol) -> Vec<(&'static str, Range<usize>)> {
+        match protocol {
+            Protocol::Udp => set(&[
+                ("idle_timeout", self.idle_timeout.as_ref().map(Spanned::span)),
+                (
+                    "max_connections",
+                    self.max_connections.as_ref().map(Spanned::span),
+                ),
+                ("access_log", self.access_log.as_ref().map(Spanned::span)),
+                ("splice", self.splice.as_ref().map(Spanned::span)),
+            ]),
+            Protocol::Tcp => set(&[
+                (
+                    "udp_idle_timeout",
+                    self.udp_idle_timeout.as_ref().map(Spanned::span),
+                ),
+                ("max_flows", self.max_flows.as_ref().map(Spanned::span)),
+                ("udp_replies", self.udp_replies.as_ref().map(Spanned::span)),
+            ]),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    pub interval: Option<Dur>,
+    pub timeout: Option<Dur>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+    pub send: Option<Spanned<String>>,
+    pub expect: Option<Spanned<String>>,
+}
