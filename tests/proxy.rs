@@ -198,18 +198,8 @@ async fn a_backend_that_answers_then_resets_still_has_its_answer_delivered() {
 #[tokio::test]
 async fn a_client_that_sends_then_resets_still_has_its_bytes_delivered() {
     for mode in SPLICE {
-        let (backend, received) = scripted_backend(|mut stream| async move {
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stream.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-            }
-            got
-        })
-        .await;
+        let (backend, received) =
+            scripted_backend(|mut stream| async move { read_until_closed(&mut stream).await }).await;
         let sluice = Sluice::start(&static_config(&[backend], mode)).await;
         let stream = TcpStream::connect(sluice.addr()).await.unwrap();
         // Small enough to leave the client at once (loopback's window takes

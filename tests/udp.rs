@@ -1,11 +1,13 @@
 //! UDP listeners in-process: flows are sticky and spread, expire, are evicted
-//! at `max_flows`, survive backend removal, move off a refusing backend, and
-//! carry any datagram size unchanged.
+//! at `max_flows`, survive backend removal until `drain_timeout`, move off a
+//! refusing backend (which is ejected like a TCP one), are kept away from a
+//! backend failing a UDP health check, and carry any datagram size unchanged.
 
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use common::{FakeDns, Sluice, UdpEcho, http_get, sample};
@@ -20,6 +22,30 @@ fn udp_config(dns: &FakeDns, extra: &str) -> String {
          [listeners.dns]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\nservice = \"dns\"\n{extra}\n",
         dns.addr
     )
+}
+
+/// Two echo backends of the `dns` service behind a sluice UDP listener.
+async fn two_echoes(extra: &str) -> (FakeDns, UdpEcho, UdpEcho, Sluice) {
+    let dns = FakeDns::start().await;
+    let (a, b) = (UdpEcho::start().await, UdpEcho::start().await);
+    dns.set_backends("dns", &[a.addr, b.addr]);
+    let sluice = Sluice::start(&udp_config(&dns, extra)).await;
+    (dns, a, b, sluice)
+}
+
+/// An echo backend and a port that refuses (ICMP port unreachable), both
+/// of the `dns` service, behind a sluice UDP listener.
+async fn live_and_refusing(extra: &str) -> (FakeDns, UdpEcho, SocketAddr, Sluice) {
+    let dns = FakeDns::start().await;
+    let live = UdpEcho::start().await;
+    let dead = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    dns.set_backends("dns", &[dead, live.addr]);
+    let sluice = Sluice::start(&udp_config(&dns, extra)).await;
+    (dns, live, dead, sluice)
 }
 
 async fn client() -> UdpSocket {
@@ -55,10 +81,7 @@ const FLOWS_OPENED: &str = "sluice_listener_connections_total{listener=\"dns\"}"
 
 #[tokio::test]
 async fn flows_are_sticky_and_spread_over_backends() {
-    let dns = FakeDns::start().await;
-    let (a, b) = (UdpEcho::start().await, UdpEcho::start().await);
-    dns.set_backends("dns", &[a.addr, b.addr]);
-    let sluice = Sluice::start(&udp_config(&dns, "")).await;
+    let (_dns, _a, _b, sluice) = two_echoes("").await;
     let (first, second) = (client().await, client().await);
     let port = who(&first, sluice.addr()).await;
     for _ in 0..5 {
@@ -75,10 +98,7 @@ async fn flows_are_sticky_and_spread_over_backends() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_flows_expire() {
-    let dns = FakeDns::start().await;
-    let (a, b) = (UdpEcho::start().await, UdpEcho::start().await);
-    dns.set_backends("dns", &[a.addr, b.addr]);
-    let sluice = Sluice::start(&udp_config(&dns, "udp_idle_timeout = \"5s\"")).await;
+    let (_dns, _a, _b, sluice) = two_echoes("udp_idle_timeout = \"5s\"").await;
     let socket = client().await;
     let port = who(&socket, sluice.addr()).await;
     sleep(Duration::from_secs(3)).await;
@@ -119,10 +139,7 @@ async fn least_recently_used_flow_is_evicted_at_max_flows() {
 
 #[tokio::test(start_paused = true)]
 async fn removed_backend_keeps_its_flows_and_gets_no_new_ones() {
-    let dns = FakeDns::start().await;
-    let (a, b) = (UdpEcho::start().await, UdpEcho::start().await);
-    dns.set_backends("dns", &[a.addr, b.addr]);
-    let sluice = Sluice::start(&udp_config(&dns, "")).await;
+    let (dns, a, b, sluice) = two_echoes("").await;
     let old = client().await;
     let port = who(&old, sluice.addr()).await;
     let remaining = if port == a.addr.port() { b.addr } else { a.addr };
@@ -140,15 +157,7 @@ async fn removed_backend_keeps_its_flows_and_gets_no_new_ones() {
 
 #[tokio::test]
 async fn refused_backend_moves_the_flow_to_another() {
-    let dns = FakeDns::start().await;
-    let live = UdpEcho::start().await;
-    let dead = UdpSocket::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    dns.set_backends("dns", &[dead, live.addr]);
-    let sluice = Sluice::start(&udp_config(&dns, "")).await;
+    let (_dns, live, _dead, sluice) = live_and_refusing("").await;
     // Whichever backend each new flow starts on, a client gets answers from
     // the live one after at most one lost datagram.
     for _ in 0..4 {
@@ -179,10 +188,7 @@ async fn largest_and_empty_datagrams_pass_unchanged() {
 
 #[tokio::test]
 async fn fire_and_forget_spreads_datagrams_without_flows() {
-    let dns = FakeDns::start().await;
-    let (a, b) = (UdpEcho::start().await, UdpEcho::start().await);
-    dns.set_backends("dns", &[a.addr, b.addr]);
-    let sluice = Sluice::start(&udp_config(&dns, "udp_replies = false")).await;
+    let (_dns, a, b, sluice) = two_echoes("udp_replies = false").await;
     let socket = client().await;
     for i in 0..10 {
         socket
@@ -270,4 +276,72 @@ async fn a_backend_that_is_sluice_itself_never_gets_a_datagram() {
     let (_, text) = http_get(sluice.metrics.unwrap(), "/metrics").await;
     assert_eq!(sample(&text, forwarded).unwrap_or(0.0), 0.0, "{text}");
     assert_eq!(logs.count("own listening sockets"), 1, "{}", logs.text());
+}
+
+#[tokio::test]
+async fn a_refusing_backend_is_ejected_like_a_tcp_one() {
+    let (_dns, _live, dead, sluice) = live_and_refusing("eject_after = 1").await;
+    let mut lost = 0;
+    for _ in 0..8 {
+        let socket = client().await;
+        while ask(&socket, sluice.addr(), b"who").await.is_none() {
+            lost += 1;
+        }
+    }
+    assert!(
+        lost <= 1,
+        "{lost} datagrams lost: the refusing backend was not ejected"
+    );
+    let ejections = format!("sluice_backend_ejections_total{{listener=\"dns\",backend=\"{dead}\"}}");
+    assert_eq!(metric(&sluice, &ejections).await, 1.0);
+}
+
+/// A UDP backend answering `PING` with `PONG` while `up`, silent otherwise,
+/// and anything else with its port.
+async fn checked_udp_backend(up: Arc<AtomicBool>) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let reply = match &buf[..n] {
+                b"PING" if up.load(Relaxed) => b"PONG".to_vec(),
+                b"PING" => continue,
+                _ => addr.port().to_string().into_bytes(),
+            };
+            let _ = socket.send_to(&reply, from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_udp_health_check_takes_a_silent_backend_out() {
+    let dns = FakeDns::start().await;
+    let (a_up, b_up) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicBool::new(true)));
+    let (a, b) = (
+        checked_udp_backend(a_up.clone()).await,
+        checked_udp_backend(b_up).await,
+    );
+    dns.set_backends("dns", &[a, b]);
+    let check = "[listeners.dns.health]\ninterval = \"1s\"\ntimeout = \"500ms\"\nsend = \"PING\"\nexpect = \"PONG\"\n";
+    let sluice = Sluice::start(&udp_config(&dns, check)).await;
+    a_up.store(false, Relaxed);
+    sleep(Duration::from_secs(6)).await;
+    for _ in 0..6 {
+        assert_eq!(
+            who(&client().await, sluice.addr()).await,
+            b.port(),
+            "a silent backend got a flow"
+        );
+    }
+    let (_, status) = http_get(sluice.metrics.unwrap(), "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let healthy: Vec<bool> = status["listeners"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["healthy"].as_bool().unwrap())
+        .collect();
+    assert_eq!(healthy.iter().filter(|h| !**h).count(), 1, "{status}");
 }
