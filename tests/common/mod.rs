@@ -3,6 +3,8 @@
 //! runs sluice in-process on port 0.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod http;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -373,18 +375,20 @@ pub async fn raw_connect(addr: SocketAddr) -> BufReader<TcpStream> {
     BufReader::new(TcpStream::connect(addr).await.unwrap())
 }
 
-/// GET `path` over HTTP/1.0; returns (status line, body).
-pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+/// One HTTP/1.0 exchange with `addr`.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[&str], body: &str) -> http::Answer {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.0\r\nHost: sluice\r\n\r\n");
+    let request = http::request(method, path, headers, body);
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (
-        head.lines().next().unwrap_or_default().to_string(),
-        body.to_string(),
-    )
+    http::answer(&response)
+}
+
+/// GET `path` over HTTP/1.0; returns (status line, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let answer = http(addr, "GET", path, &[], "").await;
+    (answer.status_line().to_string(), answer.body)
 }
 
 /// A UDP backend on 127.0.0.1:0: answers `who` with its port, echoes anything
