@@ -58,9 +58,22 @@ pub(crate) fn quoted(text: &str) -> String {
     }
 }
 
+/// The longest message from the TOML parser passed on (its list of the
+/// expected keys fits).
+const MESSAGE_MAX_CHARS: usize = 1024;
+
 /// A message from the TOML parser with every long quoted value in it cut
-/// short (it quotes values whole, which may be a megabyte).
+/// short (it quotes values whole, which may be a megabyte), and the whole
+/// cut short too (a value may hold the quote characters themselves).
 pub(super) fn shortened(message: &str) -> String {
+    let out = shorten_quotes(message);
+    match out.char_indices().nth(MESSAGE_MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &out[..cut]),
+        None => out,
+    }
+}
+
+fn shorten_quotes(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(1024));
     let mut quote: Option<(char, usize)> = None; // the open quote, chars kept inside
     for c in message.chars() {
@@ -86,4 +99,22 @@ pub(super) fn shortened(message: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_cut_even_when_they_hold_quotes() {
+        let value = format!("`{}", "y".repeat(100_000));
+        let message = format!("unknown variant `{value}`, expected one of `a`, `b`");
+        let short = shortened(&message);
+        assert!(
+            short.chars().count() <= MESSAGE_MAX_CHARS + 1,
+            "{} chars",
+            short.len()
+        );
+        assert!(shortened("unknown variant `aaaa`, expected `b`") == "unknown variant `aaaa`, expected `b`");
+    }
 }
