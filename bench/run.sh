@@ -7,6 +7,7 @@
 #   bash bench/run.sh              # builds sluice + the udpload example first
 #   SKIP_BUILD=1 bash bench/run.sh # use the binaries already in target/release
 #   KEEP=1 ...                     # keep the temp dir (configs, logs) afterwards
+#   ONLY='scale|UDP' ...           # only the steps whose names match this regex
 #
 # Sizes can be turned down for a quick try, e.g. REQUESTS=20000 CONNS=5000
 # IPERF_SECONDS=2 SCALE_SERVICES=100 SCALE_SECONDS=5 UDP_SECONDS=2.
@@ -121,6 +122,7 @@ record() { printf '%s\t%s\n' "$1" "$2" >>"$RESULTS"; }
 # is reported and marked, and the run goes on with the next one.
 step() {
   local name=$1; shift
+  if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return 0; fi
   log "$name"
   ("$@") &
   STEP_PID=$!
