@@ -141,11 +141,12 @@ fn a_real_prometheus_scrapes_sluice() {
         // Prometheus answers 503 until its storage is ready.
         let targets = try_http_get(&web, "/api/v1/targets");
         let result = try_http_get(&web, "/api/v1/query?query=sluice_listener_connections_total");
-        if let (Ok(targets), Ok(result)) = (targets, result) {
-            if targets.contains("\"health\":\"up\"") && result.contains("\"listener\":\"redis\"") {
-                assert!(result.contains("\"1\"]"), "one connection counted: {result}");
-                break;
-            }
+        if let (Ok(targets), Ok(result)) = (targets, result)
+            && targets.contains("\"health\":\"up\"")
+            && result.contains("\"listener\":\"redis\"")
+        {
+            assert!(result.contains("\"1\"]"), "one connection counted: {result}");
+            break;
         }
         assert!(Instant::now() < deadline, "prometheus never scraped sluice");
         thread::sleep(Duration::from_millis(250));

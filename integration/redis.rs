@@ -19,7 +19,9 @@ fn redis_ping_through_sluice_reaches_all_three_instances() {
     dns.add("redis", "node1", ports[0]);
     dns.add("redis", "node2", ports[1]);
     dns.add("redis", "-", ports[2]); // Consul's address-style target
-    let sluice = Sluice::start(&["--dns", &dns.addr(), "127.0.0.1:0:redis"], 1);
+    // The DNS server by host name, as users run Consul agents.
+    let by_name = format!("localhost:{}", dns.port);
+    let sluice = Sluice::start(&["--dns", &by_name, "127.0.0.1:0:redis"], 1);
     sluice.wait_for_log("backends changed");
 
     let mut seen = BTreeSet::new();

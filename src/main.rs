@@ -13,6 +13,11 @@ use tracing_subscriber::EnvFilter;
 
 use sluice::config::{Config, Overrides};
 
+/// Without RUST_LOG: sluice's own lines from info up. hickory's are off:
+/// sluice reports what its lookups found, once per change, while hickory
+/// warns once per stray datagram, which a hostile server can make a flood.
+const DEFAULT_LOGS: &str = "info,hickory_net=off,hickory_resolver=off,hickory_proto=off";
+
 /// Layer-4 TCP load balancer with backends from DNS SRV records (Consul DNS).
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -20,7 +25,8 @@ struct Cli {
     /// TOML configuration file.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// DNS server for SRV lookups, ip[:port] (port 53 if left out); overrides `dns`.
+    /// DNS servers for SRV lookups, ip|host[:port][,...] (port 53 if left
+    /// out), tried in order; overrides `dns`. Default: /etc/resolv.conf's.
     #[arg(long, value_name = "ADDR")]
     dns: Option<String>,
     /// Serve /metrics, /status, / and /healthz on ADDR; overrides `metrics`.
@@ -64,7 +70,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOGS)))
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
@@ -117,8 +123,10 @@ async fn reload_on_sighup(
 ) {
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP received, reloading the configuration");
-        // Whatever the file holds, this loop must live to read the next one.
-        let loaded = std::panic::catch_unwind(|| Config::load(file.as_deref(), &overrides));
+        // Whatever the file holds, this loop must live to read the next one;
+        // off the runtime's threads, as DNS server names are looked up.
+        let (path, args) = (file.clone(), overrides.clone());
+        let loaded = tokio::task::spawn_blocking(move || Config::load(path.as_deref(), &args)).await;
         match loaded {
             Ok(Ok(config)) => {
                 // The server logs the outcome either way.

@@ -65,7 +65,7 @@ fn invalid_configs_fail_with_their_expected_errors() {
 fn full_example_has_the_documented_values() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config/valid");
     let config = load(&dir.join("full.toml")).unwrap();
-    assert_eq!(config.dns, Some("127.0.0.1:8600".parse().unwrap()));
+    assert_eq!(config.dns.servers, ["127.0.0.1:8600".parse().unwrap()]);
     let names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(names, ["carbon", "graphite", "redis", "web"]);
     let redis = &config.listeners[2];

@@ -361,3 +361,66 @@ async fn forged_and_garbage_answers_are_reported_as_such() {
         assert!(error.contains(want), "{mode:?}: {error}");
     }
 }
+
+/// How long one DNS query waits for one server (the default `dns_timeout`).
+const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_or_silent_first_dns_server_costs_a_timeout_not_the_set() {
+    for first in ["dead", "silent"] {
+        let live = FakeDns::start().await;
+        let b = echo_backends(2).await;
+        live.set_backends("redis", &[b[0].addr]);
+        let first_addr = if first == "dead" {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        } else {
+            let silent = FakeDns::start().await;
+            silent.set_mode(Mode::Silent);
+            silent.addr
+        };
+        let config = format!(
+            "dns = [\"{first_addr}\", \"{}\"]\nrefresh = \"1s\"\n\
+             [listeners.redis]\nbind = \"127.0.0.1:0\"\nservice = \"redis\"\nconnect_timeout = \"10s\"\n",
+            live.addr
+        );
+        let sluice = Sluice::start(&config).await;
+        assert_eq!(backend_port(sluice.addr()).await, b[0].addr.port(), "{first}");
+
+        live.set_backends("redis", &[b[1].addr]);
+        sleep(2 * REFRESH + DNS_TIMEOUT).await;
+        assert_eq!(
+            keys(&ports_seen(sluice.addr(), 4).await),
+            ports(&[b[1].addr]),
+            "{first}"
+        );
+    }
+}
+
+// Real time: under a paused clock, 200 queries queued on one connection let
+// the clock jump past hickory's timeouts while the fake server works.
+#[tokio::test]
+async fn tcp_only_lookups_of_many_services_share_one_connection() {
+    let dns = FakeDns::start().await;
+    let b = echo_backends(1).await;
+    let mut config = format!("dns = \"{}\"\nrefresh = \"1s\"\ntcp = true\n", dns.addr);
+    for i in 0..200 {
+        dns.set_backends(&format!("svc{i}"), &[b[0].addr]);
+        config.push_str(&format!(
+            "[listeners.svc{i}]\nbind = \"127.0.0.1:0\"\nservice = \"svc{i}\"\n"
+        ));
+    }
+    let sluice = Sluice::start(&config).await;
+    sleep(5 * REFRESH).await;
+    assert_eq!(backend_port(sluice.addrs[199].1).await, b[0].addr.port());
+    let (queries, connections) = (dns.tcp_queries.load(Relaxed), dns.tcp_connections.load(Relaxed));
+    assert!(queries >= 4 * 200, "{queries} queries");
+    // One, or two when hickory's first connection races a second query.
+    assert!(
+        connections <= 2,
+        "{connections} TCP connections for {queries} queries"
+    );
+    assert_eq!(dns.udp_queries.load(Relaxed), 0);
+}

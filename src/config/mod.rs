@@ -40,13 +40,25 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// DNS server for SRV lookups; `None` means the system resolver's first nameserver.
-    pub dns: Option<SocketAddr>,
+    /// How SRV lookups reach DNS.
+    pub dns: DnsSettings,
     /// HTTP address for metrics and status, if any.
     pub metrics: Option<SocketAddr>,
     /// How long connections may finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     pub listeners: Vec<Listener>,
+}
+
+/// The DNS servers SRV lookups ask, and how patiently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// In order of preference, host names resolved; empty: the nameservers
+    /// of /etc/resolv.conf.
+    pub servers: Vec<SocketAddr>,
+    /// How long one query waits for one server.
+    pub timeout: Duration,
+    /// Tries of one query, each on the next server, before it fails.
+    pub attempts: u32,
 }
 
 /// One listening port and where its connections (or flows) go.
@@ -259,7 +271,7 @@ mod tests {
     #[test]
     fn shorthand_forms() {
         let config = shorthand(&["2003:graphite", "127.0.0.1:6390:redis", "[::1]:80/tcp:web"]).unwrap();
-        assert_eq!(config.dns, Some("127.0.0.1:8600".parse().unwrap()));
+        assert_eq!(config.dns.servers, ["127.0.0.1:8600".parse().unwrap()]);
         let binds: Vec<String> = config.listeners.iter().map(|l| l.bind.to_string()).collect();
         assert_eq!(binds, ["0.0.0.0:2003", "127.0.0.1:6390", "[::1]:80"]);
         let BackendSource::Dns(q) = &config.listeners[0].backends else {
@@ -303,7 +315,43 @@ mod tests {
         let config =
             parse("dns = \"10.0.0.2\"\n[listeners.a]\nbind=\"127.0.0.1:1\"\nbackends=[\"127.0.0.1:2\"]\n")
                 .unwrap();
-        assert_eq!(config.dns, Some("10.0.0.2:53".parse().unwrap()));
+        assert_eq!(config.dns.servers, ["10.0.0.2:53".parse().unwrap()]);
+    }
+
+    #[test]
+    fn several_dns_servers_and_host_names() {
+        let config = parse(
+            "dns = [\"10.0.0.2:8600\", \"localhost:8601\", \"[::1]\"]\ndns_timeout = \"500ms\"\ndns_attempts = 3\n\
+             [listeners.a]\nbind=\"127.0.0.1:1\"\nbackends=[\"127.0.0.1:2\"]\n",
+        )
+        .unwrap();
+        let servers: Vec<String> = config.dns.servers.iter().map(ToString::to_string).collect();
+        assert_eq!(servers[0], "10.0.0.2:8600");
+        assert!(servers.contains(&"127.0.0.1:8601".to_string()), "{servers:?}");
+        assert_eq!(servers.last().unwrap(), "[::1]:53");
+        assert_eq!(config.dns.timeout, Duration::from_millis(500));
+        assert_eq!(config.dns.attempts, 3);
+
+        let overrides = Overrides {
+            dns: Some("10.0.0.3, localhost:8600".into()),
+            ..Overrides::default()
+        };
+        let config = Config::parse(
+            "[listeners.a]\nbind=\"127.0.0.1:1\"\nbackends=[\"127.0.0.1:2\"]\n",
+            "test.toml",
+            &overrides,
+        )
+        .unwrap();
+        assert_eq!(config.dns.servers[0], "10.0.0.3:53".parse().unwrap());
+        assert!(config.dns.servers.contains(&"127.0.0.1:8600".parse().unwrap()));
+
+        let err = parse("dns = \"no-such-host.invalid:53\"\n[listeners.a]\nbind=\"127.0.0.1:1\"\nbackends=[\"127.0.0.1:2\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("test.toml:1: dns: cannot resolve DNS server `no-such-host.invalid`"),
+            "{err}"
+        );
     }
 
     #[test]

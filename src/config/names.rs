@@ -2,23 +2,61 @@
 //! names, Consul's SRV names, and addresses by what they are for (a DNS
 //! server, a listener's bind, a backend), each refusing what cannot work.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use super::DNS_PORT;
 use super::error::quoted;
 
-/// A DNS server: `ip:port`, `[v6]:port`, or a bare IP that gets port 53.
-pub(super) fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
-    let addr = match text.parse::<SocketAddr>() {
-        Ok(addr) => addr,
-        Err(_) => text
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .map(|ip| SocketAddr::new(ip, DNS_PORT))
-            .map_err(|_| format!("invalid address {}: expected IP or IP:PORT", quoted(text)))?,
+/// DNS servers, comma-separated: each `ip:port`, `[v6]:port`, a bare IP, or
+/// `host[:port]`, the port 53 if left out. A host name is looked up now
+/// (the system resolver, /etc/hosts first) and gives every address it has.
+pub(super) fn parse_dns_servers(text: &str) -> Result<Vec<SocketAddr>, String> {
+    let mut servers = Vec::new();
+    for one in text.split(',').map(str::trim) {
+        for addr in parse_dns_server(one)? {
+            if !servers.contains(&addr) {
+                servers.push(addr);
+            }
+        }
+    }
+    Ok(servers)
+}
+
+fn parse_dns_server(text: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return peer(addr).map(|a| vec![a]);
+    }
+    if let Ok(ip) = text
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return peer(SocketAddr::new(ip, DNS_PORT)).map(|a| vec![a]);
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("invalid port in {}: expected HOST:PORT", quoted(text)))?;
+            (host, port)
+        }
+        None => (text, DNS_PORT),
     };
-    peer(addr)
+    check_dns_name(host.trim_end_matches('.'))
+        .map_err(|e| format!("invalid DNS server {}: {e}", quoted(text)))?;
+    let resolved = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve DNS server {}: {e}", quoted(host)))?;
+    let usable: Vec<SocketAddr> = resolved
+        .filter(|a| crate::net::unusable_peer(*a).is_none())
+        .collect();
+    if usable.is_empty() {
+        return Err(format!(
+            "DNS server {} resolves to no usable address",
+            quoted(host)
+        ));
+    }
+    Ok(usable)
 }
 
 /// A backend to connect to: `ip:port` of a single unicast host.

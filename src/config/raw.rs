@@ -16,7 +16,9 @@ pub(super) type Dur = Spanned<humantime_serde::Serde<Duration>>;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
-    pub dns: Option<Spanned<String>>,
+    pub dns: Option<Spanned<OneOrMany>>,
+    pub dns_timeout: Option<Dur>,
+    pub dns_attempts: Option<Spanned<i64>>,
     pub domain: Option<Spanned<String>>,
     pub refresh: Option<Dur>,
     pub empty_grace: Option<Dur>,
@@ -25,6 +27,24 @@ pub(super) struct RawConfig {
     pub metrics: Option<Spanned<String>>,
     #[serde(default)]
     pub listeners: BTreeMap<String, Spanned<RawListener>>,
+}
+
+/// A string, or a list of them (`dns = "a"` or `dns = ["a", "b"]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values as the command line gives them: comma-separated.
+    pub fn joined(&self) -> String {
+        match self {
+            OneOrMany::One(one) => one.clone(),
+            OneOrMany::Many(many) => many.join(","),
+        }
+    }
 }
 
 /// One `[listeners.NAME]` table, or a shorthand listener turned into one.

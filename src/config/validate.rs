@@ -10,16 +10,20 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{ConfigError, Problem};
-use super::names::{check_dns_name, check_label, consul_name, parse_bind, parse_dns_server, parse_peer};
+use super::names::{check_dns_name, check_label, consul_name, parse_bind, parse_dns_servers, parse_peer};
 use super::raw::{Dur, RawConfig, RawHealth, RawListener};
 use super::{
-    BackendSource, Balance, Config, HealthCheck, Listener, MAX_DURATION, Mode, Overrides, Protocol, SrvQuery,
-    TcpSettings, UdpSettings, shorthand,
+    BackendSource, Balance, Config, DnsSettings, HealthCheck, Listener, MAX_DURATION, Mode, Overrides,
+    Protocol, SrvQuery, TcpSettings, UdpSettings, shorthand,
 };
 
 const DEFAULT_DOMAIN: &str = "consul";
 const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_DNS_ATTEMPTS: usize = 2;
+/// Upper bound for `dns_attempts`.
+const MAX_DNS_ATTEMPTS: usize = 10;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -219,9 +223,29 @@ impl<'a> Validator<'a> {
             prefix: String::new(),
         };
         let dns = match (&overrides.dns, &raw.dns) {
-            (Some(cli), _) => self.cli(cli, "--dns", parse_dns_server),
-            (None, Some(file)) => self.parsed(&global, file, "dns", parse_dns_server),
+            (Some(cli), _) => self.cli(cli, "--dns", parse_dns_servers),
+            (None, Some(file)) => {
+                let servers = Spanned::new(file.span(), file.get_ref().joined());
+                self.parsed(&global, &servers, "dns", parse_dns_servers)
+            }
             (None, None) => None,
+        };
+        let dns = DnsSettings {
+            servers: dns.unwrap_or_default(),
+            timeout: self.duration(
+                &global,
+                raw.dns_timeout.as_ref(),
+                "dns_timeout",
+                TINY,
+                DEFAULT_DNS_TIMEOUT,
+            ),
+            attempts: self.int(
+                &global,
+                raw.dns_attempts.as_ref(),
+                "dns_attempts",
+                1..=MAX_DNS_ATTEMPTS,
+                DEFAULT_DNS_ATTEMPTS,
+            ) as u32,
         };
         let metrics = match (&overrides.metrics, &raw.metrics) {
             (Some(cli), _) => self.cli(cli, "--metrics", parse_bind),
@@ -468,11 +492,11 @@ impl<'a> Validator<'a> {
                     self.problem_at(scope, service, "service", e);
                     ok = false;
                 }
-                if let Some(t) = &raw.tag {
-                    if let Err(e) = check_label(t.get_ref()) {
-                        self.problem_at(scope, t, "tag", e);
-                        ok = false;
-                    }
+                if let Some(t) = &raw.tag
+                    && let Err(e) = check_label(t.get_ref())
+                {
+                    self.problem_at(scope, t, "tag", e);
+                    ok = false;
                 }
                 let tag = raw.tag.as_ref().map(|t| t.get_ref().as_str());
                 ok.then(|| dns_query(consul_name(tag, service.get_ref(), &defaults.domain)))

@@ -1,74 +1,37 @@
-//! DNS SRV discovery: a small stub client (hickory-proto messages over tokio
-//! UDP/TCP), the SRV answer → [`BackendSet`] translation, and the refresh task
-//! that keeps the last good set.
+//! DNS SRV discovery: an SRV answer → [`BackendSet`], and the refresh task
+//! that keeps the last good set. The queries themselves go through
+//! [`DnsClient`] (hickory-resolver); what is sluice's own is here:
 //!
-//! The client is ours rather than hickory-resolver's because sluice needs the
-//! whole answer: the A/AAAA glue in the additional section (which the
-//! resolver's lookups drop), the exact response code, and control over
-//! EDNS0, TC → TCP retry and TCP-only mode. Nothing is cached: Consul's TTL is 0.
+//! - an answer's backends are address:port pairs, keyed by both (Consul puts
+//!   one IP on several ports), with SRV priority and weight;
+//! - addresses come from the answer itself where it can: A/AAAA glue in the
+//!   additional section, or Consul's `<hex-ip>.addr.<dc>.consul.` targets;
+//!   only targets with neither are looked up, boundedly (16 at a time);
+//! - the policy: a failed lookup keeps the last good set, a target that
+//!   cannot be resolved keeps its last addresses or is left out, an empty
+//!   answer counts only once it has lasted `empty_grace`, addresses that
+//!   cannot be backends are dropped, and a change is logged as a diff.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
+use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+pub use super::client::{DnsClient, LookupError};
 use super::{Backend, BackendSet, Diff, QueryState, Snapshot};
 use crate::alarm::Alarm;
 use crate::config::SrvQuery;
 
-/// EDNS0 payload size we advertise; Consul and BIND answer up to this over UDP.
-const EDNS_PAYLOAD: u16 = 4096;
-/// Upper bound on one exchange (UDP, plus the TCP retry if truncated).
-const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// SRV targets without glue looked up at once, per query.
 const TARGET_LOOKUPS_AT_ONCE: usize = 16;
-
-/// Why a lookup gave no usable answer. The last good set stays in place.
-#[derive(Debug, thiserror::Error)]
-pub enum LookupError {
-    #[error("{name} {kind}: no answer within {timeout:?}")]
-    Timeout {
-        name: Name,
-        kind: RecordType,
-        timeout: Duration,
-    },
-    #[error("{name} {kind}: {source}")]
-    Io {
-        name: Name,
-        kind: RecordType,
-        source: io::Error,
-    },
-    #[error("{name} {kind}: malformed answer: {reason}")]
-    Malformed {
-        name: Name,
-        kind: RecordType,
-        reason: String,
-    },
-    #[error("{name} {kind}: server answered {code}")]
-    Rcode {
-        name: Name,
-        kind: RecordType,
-        code: ResponseCode,
-    },
-}
-
-/// Reply datagrams skipped while waiting for the answer.
-#[derive(Default)]
-struct Ignored {
-    count: usize,
-    last: Option<String>,
-}
 
 /// What a successful SRV lookup found.
 #[derive(Debug, PartialEq, Eq)]
@@ -76,157 +39,6 @@ pub enum Answer {
     Backends(BackendSet),
     /// NXDOMAIN, or no SRV records: real, but applied only after a grace period.
     Empty,
-}
-
-/// A stub DNS client for one server. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct DnsClient {
-    server: SocketAddr,
-}
-
-impl DnsClient {
-    pub fn new(server: SocketAddr) -> Self {
-        DnsClient { server }
-    }
-
-    /// The first nameserver of /etc/resolv.conf.
-    pub fn system() -> io::Result<Self> {
-        let text = std::fs::read("/etc/resolv.conf")?;
-        let conf = resolv_conf::Config::parse(text)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("/etc/resolv.conf: {e}")))?;
-        let server = conf
-            .nameservers
-            .first()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "/etc/resolv.conf lists no nameserver"))?;
-        Ok(Self::new(SocketAddr::new(server.into(), crate::config::DNS_PORT)))
-    }
-
-    pub fn server(&self) -> SocketAddr {
-        self.server
-    }
-
-    /// Sends one query; over UDP with EDNS0 unless `tcp`, retrying over TCP
-    /// when the UDP answer is truncated. Checks the response matches.
-    pub async fn query(&self, name: &Name, kind: RecordType, tcp: bool) -> Result<Message, LookupError> {
-        let mut request = Message::query();
-        request.metadata.recursion_desired = true;
-        request.add_query(Query::query(name.clone(), kind));
-        let mut edns = Edns::new();
-        edns.set_max_payload(EDNS_PAYLOAD);
-        request.set_edns(edns);
-        let err = |source: io::Error| LookupError::Io {
-            name: name.clone(),
-            kind,
-            source,
-        };
-        let bytes = request.to_vec().map_err(|e| err(io::Error::other(e)))?;
-
-        // Datagrams that were not the answer (forged, stray, garbage) are
-        // skipped; if nothing else comes, the error says what they were.
-        let mut ignored = Ignored::default();
-        let exchange = async {
-            if !tcp {
-                let reply = self
-                    .exchange_udp(&bytes, &request, name, kind, &mut ignored)
-                    .await?;
-                if !reply.metadata.truncation {
-                    return Ok(reply);
-                }
-                debug!(%name, %kind, "answer truncated over UDP, retrying over TCP");
-            }
-            let reply = self.exchange_tcp(&bytes).await.map_err(err)?;
-            self.check(&request, &reply, name, kind)
-        };
-        match timeout(QUERY_TIMEOUT, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(match ignored.last {
-                Some(reason) => LookupError::Malformed {
-                    name: name.clone(),
-                    kind,
-                    reason: format!(
-                        "no valid answer within {QUERY_TIMEOUT:?}; {} reply datagram(s) ignored, the last: {reason}",
-                        ignored.count
-                    ),
-                },
-                None => LookupError::Timeout {
-                    name: name.clone(),
-                    kind,
-                    timeout: QUERY_TIMEOUT,
-                },
-            }),
-        }
-    }
-
-    /// Sends `bytes` and waits for the datagram that answers `request`.
-    async fn exchange_udp(
-        &self,
-        bytes: &[u8],
-        request: &Message,
-        name: &Name,
-        kind: RecordType,
-        ignored: &mut Ignored,
-    ) -> Result<Message, LookupError> {
-        let err = |source: io::Error| LookupError::Io {
-            name: name.clone(),
-            kind,
-            source,
-        };
-        let socket = UdpSocket::bind(crate::net::any_addr_like(self.server))
-            .await
-            .map_err(err)?;
-        socket.connect(self.server).await.map_err(err)?;
-        socket.send(bytes).await.map_err(err)?;
-        let mut buf = vec![0; usize::from(u16::MAX)];
-        loop {
-            let n = socket.recv(&mut buf).await.map_err(err)?;
-            match self.check(request, &buf[..n], name, kind) {
-                Err(LookupError::Malformed { reason, .. }) => {
-                    ignored.count += 1;
-                    ignored.last = Some(reason);
-                }
-                checked => return checked,
-            }
-        }
-    }
-
-    async fn exchange_tcp(&self, request: &[u8]) -> io::Result<Vec<u8>> {
-        let mut stream = TcpStream::connect(self.server).await?;
-        let len = u16::try_from(request.len()).map_err(io::Error::other)?;
-        let mut framed = Vec::with_capacity(request.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(request);
-        stream.write_all(&framed).await?;
-        let len = stream.read_u16().await?;
-        let mut reply = vec![0; usize::from(len)];
-        stream.read_exact(&mut reply).await?;
-        Ok(reply)
-    }
-
-    fn check(
-        &self,
-        request: &Message,
-        reply: &[u8],
-        name: &Name,
-        kind: RecordType,
-    ) -> Result<Message, LookupError> {
-        let malformed = |reason: String| LookupError::Malformed {
-            name: name.clone(),
-            kind,
-            reason,
-        };
-        let reply = Message::from_vec(reply).map_err(|e| malformed(format!("not a DNS message: {e}")))?;
-        if reply.metadata.id != request.metadata.id {
-            let (got, want) = (reply.metadata.id, request.metadata.id);
-            return Err(malformed(format!("reply with ID {got}, expected {want}")));
-        }
-        if reply.metadata.message_type != MessageType::Response {
-            return Err(malformed("a query, not a response".into()));
-        }
-        if reply.queries != request.queries {
-            return Err(malformed("answers a different question".into()));
-        }
-        Ok(reply)
-    }
 }
 
 /// One SRV record with the addresses known for its target.
@@ -255,14 +67,24 @@ pub fn parse_srv(reply: &Message, name: &Name) -> Result<Option<Vec<SrvTarget>>,
             code,
         });
     }
-    let mut glue: HashMap<&Name, Vec<IpAddr>> = HashMap::new();
-    for record in reply.answers.iter().chain(&reply.additionals) {
-        match &record.data {
-            RData::A(a) => glue.entry(&record.name).or_default().push(IpAddr::V4(a.0)),
-            RData::AAAA(a) => glue.entry(&record.name).or_default().push(IpAddr::V6(a.0)),
-            _ => {}
-        }
-    }
+    // Glue by a cheap key of its owner: comparing or hashing hickory names
+    // costs hundreds of instructions each, and this runs on every refresh.
+    let mut glue: Vec<(u64, &Name, IpAddr)> = reply
+        .answers
+        .iter()
+        .chain(&reply.additionals)
+        .filter_map(|record| Some((name_key(&record.name), &record.name, record.data.ip_addr()?)))
+        .collect();
+    glue.sort_unstable_by_key(|(key, _, _)| *key);
+    let glue_of = |target: &Name| {
+        let key = name_key(target);
+        let first = glue.partition_point(|(k, _, _)| *k < key);
+        let same_key = glue[first..].iter().take_while(|(k, _, _)| *k == key);
+        same_key
+            .filter(|(_, owner, _)| *owner == target)
+            .map(|(_, _, ip)| *ip)
+            .collect::<Vec<_>>()
+    };
     let mut targets = Vec::new();
     let mut srv_records = 0;
     for record in &reply.answers {
@@ -276,7 +98,7 @@ pub fn parse_srv(reply: &Message, name: &Name) -> Result<Option<Vec<SrvTarget>>,
         }
         let addrs = match consul_addr_target(&srv.target) {
             Some(ip) => vec![ip],
-            None => glue.get(&srv.target).cloned().unwrap_or_default(),
+            None => glue_of(&srv.target),
         };
         targets.push(SrvTarget {
             target: srv.target.clone(),
@@ -295,6 +117,17 @@ pub fn parse_srv(reply: &Message, name: &Name) -> Result<Option<Vec<SrvTarget>>,
         });
     }
     Ok((!targets.is_empty()).then_some(targets))
+}
+
+/// FNV-1a over a name's labels, case-folded: equal names, equal keys.
+fn name_key(name: &Name) -> u64 {
+    let mut key: u64 = 0xcbf2_9ce4_8422_2325;
+    for label in name.iter() {
+        for byte in label.iter().map(u8::to_ascii_lowercase).chain([b'.']) {
+            key = (key ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    key
 }
 
 /// Decodes Consul's `<hex-ip>.addr.<dc>.<domain>.` targets (8 or 32 hex digits).
@@ -317,10 +150,15 @@ pub fn consul_addr_target(target: &Name) -> Option<IpAddr> {
 }
 
 /// The addresses of `target` by A and AAAA queries; empty if it has none.
-async fn resolve_target(client: DnsClient, target: Name, tcp: bool) -> Result<Vec<IpAddr>, LookupError> {
+async fn resolve_target(
+    client: DnsClient,
+    target: Name,
+    tcp: bool,
+    deadline: Instant,
+) -> Result<Vec<IpAddr>, LookupError> {
     let (v4, v6) = tokio::join!(
-        client.query(&target, RecordType::A, tcp),
-        client.query(&target, RecordType::AAAA, tcp)
+        client.query(&target, RecordType::A, tcp, deadline),
+        client.query(&target, RecordType::AAAA, tcp, deadline)
     );
     let mut addrs = Vec::new();
     for reply in [v4?, v6?] {
@@ -345,15 +183,15 @@ async fn resolve_target(client: DnsClient, target: Name, tcp: bool) -> Result<Ve
 }
 
 /// Looks up `names` (distinct targets, most wanted first), at most
-/// [`TARGET_LOOKUPS_AT_ONCE`] at a time and all within [`QUERY_TIMEOUT`]:
-/// an SRV answer with thousands of glueless targets costs a bounded number
-/// of sockets and time. Targets not reached in time have no result.
+/// [`TARGET_LOOKUPS_AT_ONCE`] at a time and all before `deadline`: an SRV
+/// answer with thousands of glueless targets costs a bounded number of
+/// sockets and time. Targets not reached in time have no result.
 async fn resolve_targets(
     client: &DnsClient,
     names: Vec<Name>,
     tcp: bool,
+    deadline: Instant,
 ) -> HashMap<Name, Result<Vec<IpAddr>, LookupError>> {
-    let deadline = Instant::now() + QUERY_TIMEOUT;
     let mut pending = names.into_iter();
     let mut running = JoinSet::new();
     let mut results = HashMap::new();
@@ -362,7 +200,7 @@ async fn resolve_targets(
             let Some(name) = pending.next() else { break };
             let client = client.clone();
             running.spawn(async move {
-                let addrs = resolve_target(client, name.clone(), tcp).await;
+                let addrs = resolve_target(client, name.clone(), tcp, deadline).await;
                 (name, addrs)
             });
         }
@@ -404,20 +242,23 @@ pub struct LeftOut {
 }
 
 /// One SRV lookup, with the targets that came without glue looked up
-/// (bounded, see [`resolve_targets`]). A failed SRV lookup fails the whole
-/// lookup (the last good set stays); a target that cannot be resolved is left
-/// out, or keeps its last known addresses if it had any, and the rest is used.
+/// (bounded, see [`resolve_targets`]), all within `budget`. A failed SRV
+/// lookup fails the whole lookup (the last good set stays); a target that
+/// cannot be resolved is left out, or keeps its last known addresses if it
+/// had any, and the rest is used.
 pub async fn lookup(
     client: &DnsClient,
     query: &SrvQuery,
     known: &mut KnownTargets,
+    budget: Duration,
 ) -> Result<(Answer, LeftOut), LookupError> {
     let name = Name::from_ascii(&query.name).map_err(|e| LookupError::Malformed {
         name: Name::root(),
         kind: RecordType::SRV,
         reason: format!("bad query name {}: {e}", query.name),
     })?;
-    let reply = client.query(&name, RecordType::SRV, query.tcp).await?;
+    let deadline = Instant::now() + budget;
+    let reply = client.query(&name, RecordType::SRV, query.tcp, deadline).await?;
     let mut left_out = LeftOut::default();
     let Some(mut targets) = parse_srv(&reply, &name)? else {
         return Ok((Answer::Empty, left_out));
@@ -429,7 +270,7 @@ pub async fn lookup(
         .map(|t| &t.target)
         .collect();
     let missing = known.order(missing.into_iter().cloned().collect());
-    let mut found = resolve_targets(client, missing, query.tcp).await;
+    let mut found = resolve_targets(client, missing, query.tcp, deadline).await;
     for t in targets.iter_mut().filter(|t| t.addrs.is_empty()) {
         let result = found.remove(&t.target);
         let reason = match result {
@@ -443,9 +284,7 @@ pub async fn lookup(
                 "no A/AAAA record".to_string()
             }
             Some(Err(e)) => e.to_string(),
-            None if found.is_empty() && t.addrs.is_empty() => {
-                format!("not looked up within {QUERY_TIMEOUT:?}")
-            }
+            None if found.is_empty() && t.addrs.is_empty() => "not looked up in time".to_string(),
             None => continue, // the same target under another port, done above
         };
         match known.0.get(&t.target) {
@@ -527,6 +366,9 @@ pub async fn watch(
     let failing = Alarm::new();
     let mut known = KnownTargets::default();
     let mut left_out = LeftOut::default();
+    // A refresh never takes longer than its interval, or one DNS timeout if
+    // that is longer: a slow server delays the next one by that much at most.
+    let budget = query.refresh.max(client.timeout());
     let mut ticks = tokio::time::interval(query.refresh);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -535,7 +377,7 @@ pub async fn watch(
             _ = shutdown.cancelled() => return,
         }
         let answer = tokio::select! {
-            answer = lookup(&client, &query, &mut known) => answer,
+            answer = lookup(&client, &query, &mut known, budget) => answer,
             _ = shutdown.cancelled() => return,
         };
         state.record(match &answer {

@@ -3,6 +3,7 @@
 //! it. Each task publishes immutable snapshots on a `watch` channel; listeners
 //! read the latest one and never wait on DNS.
 
+mod client;
 pub mod dns;
 
 use std::collections::HashMap;
@@ -72,6 +73,10 @@ impl BackendSet {
 
     /// What changed from `self` to `next`, keyed by addr.
     pub fn diff(&self, next: &BackendSet) -> Diff {
+        // The usual refresh: nothing changed (both are sorted alike).
+        if self == next {
+            return Diff::default();
+        }
         let old: HashMap<SocketAddr, &Backend> = self.backends.iter().map(|b| (b.addr, b)).collect();
         let new: HashMap<SocketAddr, &Backend> = next.backends.iter().map(|b| (b.addr, b)).collect();
         let mut diff = Diff::default();
@@ -190,7 +195,7 @@ struct Source {
 impl Registry {
     pub fn new(dns: Option<DnsClient>, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Registry {
         if let Some(dns) = &dns {
-            info!(server = %dns.server(), "discovering backends through DNS");
+            info!(servers = ?dns.servers(), "discovering backends through DNS");
         }
         Registry {
             dns,
@@ -198,10 +203,6 @@ impl Registry {
             sources: HashMap::new(),
             shutdown,
         }
-    }
-
-    pub fn dns(&self) -> Option<&DnsClient> {
-        self.dns.as_ref()
     }
 
     /// Switches to another DNS server: every DNS source starts over.
@@ -214,7 +215,7 @@ impl Registry {
             BackendSource::Static(_) => true,
         });
         if let Some(dns) = &dns {
-            info!(server = %dns.server(), "discovering backends through DNS");
+            info!(servers = ?dns.servers(), "discovering backends through DNS");
         }
         self.dns = dns;
     }

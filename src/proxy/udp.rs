@@ -169,10 +169,10 @@ impl Relay {
 
     fn ended(&mut self, client: SocketAddr, id: u64, end: FlowEnd) {
         // The flow may already be gone (evicted) or replaced by a newer one.
-        if self.table.peek(&client).is_some_and(|f| f.id == id) {
-            if let Some(flow) = self.table.pop(&client) {
-                self.close(client, flow, end);
-            }
+        if self.table.peek(&client).is_some_and(|f| f.id == id)
+            && let Some(flow) = self.table.pop(&client)
+        {
+            self.close(client, flow, end);
         }
     }
 

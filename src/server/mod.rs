@@ -29,7 +29,7 @@ use tracing::{Instrument, Span, info, info_span, warn};
 use crate::Error;
 use crate::admin::Admin;
 use crate::balancer::Upstream;
-use crate::config::{BackendSource, Config, Listener, Mode, Protocol};
+use crate::config::{BackendSource, Config, DnsSettings, Listener, Mode, Protocol};
 use crate::discovery::Registry;
 use crate::discovery::dns::DnsClient;
 use crate::health::Checks;
@@ -109,11 +109,10 @@ fn dns_client(config: &Config) -> Result<Option<DnsClient>, Error> {
         .listeners
         .iter()
         .any(|l| matches!(l.backends, BackendSource::Dns(_)));
-    match (uses_dns, config.dns) {
-        (false, _) => Ok(None),
-        (true, Some(server)) => Ok(Some(DnsClient::new(server))),
-        (true, None) => DnsClient::system().map(Some).map_err(Error::NoDns),
+    if !uses_dns {
+        return Ok(None);
     }
+    DnsClient::new(&config.dns).map(Some).map_err(Error::NoDns)
 }
 
 /// What a reload changed.
@@ -223,7 +222,7 @@ impl Server {
         let mut running = Running {
             listeners: HashMap::new(),
             own: watch::Sender::new(Arc::default()),
-            dns: config.dns,
+            dns: config.dns.clone(),
             metrics_addr: config.metrics,
             discovery: Registry::new(dns, metrics.clone(), shutdown.clone()),
             checks: Arc::new(Checks::new(shutdown.clone())),
@@ -287,8 +286,8 @@ struct Running {
     listeners: HashMap<String, Serving>,
     /// The sockets of `listeners`, which backends must not be.
     own: watch::Sender<Arc<OwnSockets>>,
-    /// The DNS server as configured (`None`: the system's).
-    dns: Option<SocketAddr>,
+    /// DNS as configured.
+    dns: DnsSettings,
     /// As configured at start (the endpoint is not rebound on reload).
     metrics_addr: Option<SocketAddr>,
     discovery: Registry,
@@ -379,7 +378,7 @@ impl Running {
     }
 
     fn reload(&mut self, config: Config) -> Result<ReloadReport, Error> {
-        let plan = plan::plan(self.listeners.values().map(|s| &s.config), self.dns, &config);
+        let plan = plan::plan(self.listeners.values().map(|s| &s.config), &self.dns, &config);
         let dns = if plan.dns_changed {
             Some(dns_client(&config)?)
         } else {
@@ -426,7 +425,7 @@ impl Running {
         if self.metrics_addr != config.metrics {
             warn!("the metrics endpoint address only changes on restart");
         }
-        self.dns = config.dns;
+        self.dns = config.dns.clone();
         self.discovery.retain(&config.listeners);
         self.shutdown_grace = config.shutdown_grace;
         self.publish();

@@ -4,9 +4,8 @@
 //! table-tested on its own.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
-use crate::config::{BackendSource, Config, Listener};
+use crate::config::{BackendSource, Config, DnsSettings, Listener};
 
 /// One step of a reload.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,11 +34,11 @@ pub(super) struct Plan {
 /// The changes that turn `running` (with `running_dns` as configured) into `new`.
 pub(super) fn plan<'a>(
     running: impl IntoIterator<Item = &'a Listener>,
-    running_dns: Option<SocketAddr>,
+    running_dns: &DnsSettings,
     new: &Config,
 ) -> Plan {
     let running: HashMap<&str, &Listener> = running.into_iter().map(|l| (l.name.as_str(), l)).collect();
-    let dns_changed = running_dns != new.dns;
+    let dns_changed = *running_dns != new.dns;
     let mut changes = Vec::new();
     for name in running.keys() {
         if !new.listeners.iter().any(|l| l.name == *name) {
@@ -99,7 +98,7 @@ mod tests {
     /// The plan from `old` to `new`, as names: ("stop a", "update a same", ...).
     fn steps(old: &str, new: &str) -> Vec<String> {
         let (old, new) = (config(old), config(new));
-        let plan = plan(&old.listeners, old.dns, &new);
+        let plan = plan(&old.listeners, &old.dns, &new);
         plan.changes
             .iter()
             .map(|c| match c {
@@ -153,6 +152,6 @@ mod tests {
         let new = format!("dns = \"127.0.0.2:53\"\n{A}{D}");
         assert_eq!(steps(&old, &new), ["update d with new backends"]);
         let (old, new) = (config(&old), config(&new));
-        assert!(plan(&old.listeners, old.dns, &new).dns_changed);
+        assert!(plan(&old.listeners, &old.dns, &new).dns_changed);
     }
 }

@@ -80,6 +80,8 @@ pub struct FakeDns {
     pub tcp_queries: Arc<AtomicUsize>,
     /// Queries for anything but SRV (target lookups).
     pub target_queries: Arc<AtomicUsize>,
+    /// TCP connections accepted.
+    pub tcp_connections: Arc<AtomicUsize>,
 }
 
 fn target_name(ip: IpAddr) -> Name {
@@ -102,6 +104,7 @@ impl FakeDns {
             udp_queries: Arc::default(),
             tcp_queries: Arc::default(),
             target_queries: Arc::default(),
+            tcp_connections: Arc::default(),
         };
         let server = dns.clone();
         tokio::spawn(async move {
@@ -118,6 +121,7 @@ impl FakeDns {
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = tcp.accept().await.unwrap();
+                server.tcp_connections.fetch_add(1, Relaxed);
                 let server = server.clone();
                 tokio::spawn(async move {
                     while let Ok(len) = stream.read_u16().await {
