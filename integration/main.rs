@@ -8,5 +8,6 @@
 mod cli;
 mod graphite;
 mod observe;
+mod proxy_protocol;
 mod redis;
 mod support;

@@ -126,6 +126,8 @@ async fn check_loop(addr: SocketAddr, check: HealthCheck, health: Weak<Health>, 
 /// configured. UDP: send a datagram, and expect a reply (containing
 /// `expect`, if configured); ICMP port unreachable fails it.
 pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+    // A sidecar's health port instead of the service's, if configured.
+    let addr = SocketAddr::new(addr.ip(), check.port.unwrap_or(addr.port()));
     let attempt = async {
         match check.protocol {
             Protocol::Tcp => probe_tcp(addr, check).await,
@@ -141,6 +143,13 @@ async fn probe_tcp(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> 
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    if let Some(version) = check.proxy_protocol {
+        // An address-less header: the check is sluice's own connection.
+        stream
+            .write_all(&crate::proxy::proxy_protocol::header(version, None))
+            .await
+            .map_err(|e| format!("send PROXY header: {e}"))?;
+    }
     if let Some(send) = &check.send {
         stream
             .write_all(send.as_bytes())

@@ -24,6 +24,7 @@ pub const DISCOVERY_LOOKUPS_TOTAL: &str = "sluice_discovery_lookups_total";
 pub const DISCOVERY_LAST_SUCCESS: &str = "sluice_discovery_last_success_timestamp_seconds";
 pub const CONNECTION_DURATION: &str = "sluice_connection_duration_seconds";
 pub const UDP_FLOWS_ACTIVE: &str = "sluice_udp_flows_active";
+pub const PROXY_PROTOCOL_ERRORS_TOTAL: &str = "sluice_proxy_protocol_errors_total";
 pub const BUILD_INFO: &str = "sluice_build_info";
 
 pub const LABEL_LISTENER: &str = "listener";
@@ -49,6 +50,10 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     (DISCOVERY_LAST_SUCCESS, "Unix time of the last successful lookup."),
     (CONNECTION_DURATION, "How long proxied connections lasted."),
+    (
+        PROXY_PROTOCOL_ERRORS_TOTAL,
+        "Client connections closed for a missing, malformed or oversized PROXY header.",
+    ),
     (BUILD_INFO, "Always 1; the version is a label."),
 ];
 
@@ -64,6 +69,7 @@ pub struct ListenerMetrics {
     pub bytes_up: Counter,
     pub bytes_down: Counter,
     pub duration: Histogram,
+    pub proxy_protocol_errors: Counter,
 }
 
 /// What a discovery task counts per lookup.
@@ -131,6 +137,7 @@ impl Metrics {
             bytes_up: self.counter(BYTES_TOTAL, &[l, (LABEL_DIRECTION, "client_to_backend")]),
             bytes_down: self.counter(BYTES_TOTAL, &[l, (LABEL_DIRECTION, "backend_to_client")]),
             duration: self.histogram(CONNECTION_DURATION, &[l]),
+            proxy_protocol_errors: self.counter(PROXY_PROTOCOL_ERRORS_TOTAL, &[l]),
         }
     }
 

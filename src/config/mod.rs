@@ -111,6 +111,18 @@ pub struct TcpSettings {
     pub access_log: bool,
     /// Forward with splice(2) (Linux) instead of copying through user space.
     pub splice: bool,
+    /// Send backends a PROXY protocol header with the client's addresses.
+    pub proxy_protocol: Option<ProxyVersion>,
+    /// Read a PROXY protocol header (v1 or v2) from each client first.
+    pub accept_proxy: bool,
+}
+
+/// A version of the PROXY protocol (HAProxy's): v1 is a text line, v2 binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 /// How a UDP listener tracks flows.
@@ -140,6 +152,11 @@ pub struct HealthCheck {
     /// Bytes the reply must contain (e.g. `"+PONG"`); without, TCP checks
     /// only connect and UDP takes any reply.
     pub expect: Option<String>,
+    /// Check this port of the backend's address instead of its own.
+    pub port: Option<u16>,
+    /// TCP: begin with a PROXY protocol header of this version (a LOCAL
+    /// command: the check is the proxy's own connection).
+    pub proxy_protocol: Option<ProxyVersion>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]

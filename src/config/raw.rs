@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Balance, Protocol};
+use super::{Balance, Protocol, ProxyVersion};
 
 pub(super) type Dur = Spanned<humantime_serde::Serde<Duration>>;
 
@@ -70,6 +70,8 @@ pub(super) struct RawListener {
     pub max_connections: Option<Spanned<i64>>,
     pub access_log: Option<Spanned<bool>>,
     pub splice: Option<Spanned<bool>>,
+    pub proxy_protocol: Option<Spanned<ProxyVersion>>,
+    pub accept_proxy: Option<Spanned<bool>>,
     // UDP only.
     pub udp_idle_timeout: Option<Dur>,
     pub max_flows: Option<Spanned<i64>>,
@@ -95,6 +97,8 @@ impl RawListener {
                 ),
                 ("access_log", self.access_log.as_ref().map(Spanned::span)),
                 ("splice", self.splice.as_ref().map(Spanned::span)),
+                ("proxy_protocol", self.proxy_protocol.as_ref().map(Spanned::span)),
+                ("accept_proxy", self.accept_proxy.as_ref().map(Spanned::span)),
             ]),
             Protocol::Tcp => set(&[
                 (
@@ -117,4 +121,6 @@ pub(super) struct RawHealth {
     pub fall: Option<Spanned<i64>>,
     pub send: Option<Spanned<String>>,
     pub expect: Option<Spanned<String>>,
+    pub port: Option<Spanned<i64>>,
+    pub proxy_protocol: Option<Spanned<bool>>,
 }

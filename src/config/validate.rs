@@ -14,7 +14,7 @@ use super::names::{check_dns_name, check_label, consul_name, parse_bind, parse_d
 use super::raw::{Dur, RawConfig, RawHealth, RawListener};
 use super::{
     BackendSource, Balance, Config, DnsSettings, HealthCheck, Listener, MAX_DURATION, Mode, Overrides,
-    Protocol, SrvQuery, TcpSettings, UdpSettings, shorthand,
+    Protocol, ProxyVersion, SrvQuery, TcpSettings, UdpSettings, shorthand,
 };
 
 const DEFAULT_DOMAIN: &str = "consul";
@@ -391,7 +391,11 @@ impl<'a> Validator<'a> {
             TINY,
             DEFAULT_CONNECT_TIMEOUT,
         );
-        let health = raw.health.as_ref().map(|h| self.health(scope, h, protocol));
+        let sends_proxy = raw.proxy_protocol.as_ref().map(|v| *v.get_ref());
+        let health = raw
+            .health
+            .as_ref()
+            .map(|h| self.health(scope, h, protocol, sends_proxy));
         let eject_after = self.int(
             scope,
             raw.eject_after.as_ref(),
@@ -423,6 +427,8 @@ impl<'a> Validator<'a> {
                 ),
                 access_log: flag(&raw.access_log, false),
                 splice: flag(&raw.splice, true),
+                proxy_protocol: raw.proxy_protocol.as_ref().map(|v| *v.get_ref()),
+                accept_proxy: flag(&raw.accept_proxy, false),
             }),
             Protocol::Udp => Mode::Udp(UdpSettings {
                 idle_timeout: self.duration(
@@ -535,7 +541,15 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn health(&mut self, scope: &Scope, raw: &Spanned<RawHealth>, protocol: Protocol) -> HealthCheck {
+    /// The check of a listener of `protocol`; a PROXY header on checks has
+    /// the version the listener sends (`sends_proxy`), else v2.
+    fn health(
+        &mut self,
+        scope: &Scope,
+        raw: &Spanned<RawHealth>,
+        protocol: Protocol,
+        sends_proxy: Option<ProxyVersion>,
+    ) -> HealthCheck {
         let scope = &Scope {
             place: scope.place,
             prefix: scope.key("health."),
@@ -565,6 +579,23 @@ impl<'a> Validator<'a> {
             let message = "a UDP check sends a datagram: set `send` (and `expect` to check the reply)";
             self.problem_at(scope, table, "send", message);
         }
+        let port = raw
+            .port
+            .as_ref()
+            .map(|p| self.int(scope, Some(p), "port", 1..=usize::from(u16::MAX), 1) as u16);
+        let proxy_protocol = match &raw.proxy_protocol {
+            Some(flag) if *flag.get_ref() && protocol == Protocol::Udp => {
+                self.problem_at(
+                    scope,
+                    flag,
+                    "proxy_protocol",
+                    "PROXY protocol headers are for TCP checks only",
+                );
+                None
+            }
+            Some(flag) if *flag.get_ref() => Some(sends_proxy.unwrap_or(ProxyVersion::V2)),
+            _ => None,
+        };
         HealthCheck {
             protocol,
             interval,
@@ -573,6 +604,8 @@ impl<'a> Validator<'a> {
             fall,
             send,
             expect,
+            port,
+            proxy_protocol,
         }
     }
 }

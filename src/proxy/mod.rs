@@ -3,6 +3,7 @@
 //! byte forwarding (`forward`, with the zero-copy `splice` path on Linux).
 
 mod forward;
+pub mod proxy_protocol;
 #[cfg(target_os = "linux")]
 mod splice;
 pub mod tcp;
@@ -19,6 +20,7 @@ use tracing::Span;
 
 pub use forward::{End, Transfer};
 
+use crate::alarm::Alarm;
 use crate::balancer::{Lease, Upstream};
 use crate::config::Listener;
 use crate::metrics::ListenerMetrics;
@@ -40,6 +42,8 @@ pub struct Context {
     pub hard_stop: CancellationToken,
     /// The listener's log span: each line its tasks log names the listener.
     pub span: Span,
+    /// Clients' PROXY headers refused lately (logged once, not per client).
+    pub bad_headers: Alarm,
 }
 
 impl Context {
@@ -61,6 +65,7 @@ impl Context {
             retired: CancellationToken::new(),
             hard_stop,
             span,
+            bad_headers: Alarm::new(),
         }
     }
 
@@ -76,6 +81,7 @@ impl Context {
             retired: self.retired.clone(),
             hard_stop: self.hard_stop.clone(),
             span: self.span.clone(),
+            bad_headers: Alarm::new(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! TCP proxying: one listener's accept loop, and the life of one connection:
-//! wait for the first discovery answer if needed, choose a backend, connect
-//! with retry on refusal or timeout, then forward both ways (`forward`).
+//! read the client's PROXY header if it must send one, wait for the first
+//! discovery answer if needed, choose a backend, connect with retry on
+//! refusal or timeout, send the backend our PROXY header if it wants one,
+//! then forward both ways (`forward`).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -9,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
@@ -18,9 +21,10 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::Context;
 use super::forward::{Sock, forward};
+use super::proxy_protocol::{self, BadHeader, Origin};
 use crate::alarm::Alarm;
 use crate::balancer::{Lease, Pool};
-use crate::config::Mode;
+use crate::config::{Mode, TcpSettings};
 
 /// Distinct backends tried for one client before giving up.
 const MAX_ATTEMPTS: usize = 3;
@@ -100,21 +104,40 @@ impl Drop for Open {
     }
 }
 
-async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
+async fn handle(mut client: TcpStream, peer: SocketAddr, ctx: &Context) {
     // Protocol changes rebind, so a TCP listener's context is always TCP.
     let Mode::Tcp(settings) = ctx.config.mode else {
         return;
     };
     // Best effort: a socket that cannot take options still forwards correctly.
     let _ = client.set_nodelay(true);
+    let (origin, early) = match origin(&mut client, peer, ctx, &settings).await {
+        Ok(found) => found,
+        Err(bad) => {
+            ctx.metrics.proxy_protocol_errors.increment(1);
+            if let Some(repeated) = ctx.bad_headers.raise() {
+                warn!(client = %peer, error = %bad, repeated, "PROXY header refused, connection closed");
+            }
+            return;
+        }
+    };
     let Some(pool) = ctx.upstream.ready(ctx.config.connect_timeout).await else {
         ctx.upstream.unreachable(peer, "no discovery answer yet");
         return;
     };
-    let Some((backend, lease)) = connect(ctx, &pool, peer).await else {
+    let Some((mut backend, lease)) = connect(ctx, &pool, origin.client).await else {
         return;
     };
     let _ = backend.set_nodelay(true);
+    // What the backend gets before anything is forwarded: our PROXY header,
+    // then whatever the client sent right behind its own.
+    let mut first = settings
+        .proxy_protocol
+        .map_or_else(Vec::new, |version| proxy_protocol::header(version, Some(origin)));
+    first.extend_from_slice(&early);
+    if !first.is_empty() && backend.write_all(&first).await.is_err() {
+        return;
+    }
     let (client, backend) = match (guarded(client), guarded(backend)) {
         (Ok(client), Ok(backend)) => (client, backend),
         (Err(e), _) | (_, Err(e)) => {
@@ -136,12 +159,45 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &Context) {
     ctx.metrics.duration.record(duration.as_secs_f64());
     let ended = &transfer.end;
     let backend = lease.addr();
-    let (up, down) = (transfer.up, transfer.down);
+    let (client, up, down) = (origin.client, transfer.up, transfer.down);
     if settings.access_log {
-        info!(target: "sluice::access", client = %peer, %backend, up, down, ?duration, %ended);
+        info!(target: "sluice::access", %client, %backend, up, down, ?duration, %ended);
     } else {
-        debug!(client = %peer, %backend, up, down, ?duration, %ended, "connection ended");
+        debug!(%client, %backend, up, down, ?duration, %ended, "connection ended");
     }
+}
+
+/// Whom the connection is for, from the PROXY header the client starts
+/// with (`accept_proxy`), or the peer itself; and the client's bytes read
+/// past the header.
+async fn origin(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    ctx: &Context,
+    settings: &TcpSettings,
+) -> Result<(Origin, Vec<u8>), BadHeader> {
+    let direct = Origin {
+        client: peer,
+        destination: ctx.local_addr,
+        announced: true,
+    };
+    if !settings.accept_proxy {
+        // The address the client reached, for a header we send on: the
+        // listener's, unless it listens on a wildcard.
+        let destination = match settings.proxy_protocol {
+            Some(_) if ctx.local_addr.ip().is_unspecified() => client.local_addr().unwrap_or(ctx.local_addr),
+            _ => ctx.local_addr,
+        };
+        return Ok((
+            Origin {
+                destination,
+                ..direct
+            },
+            Vec::new(),
+        ));
+    }
+    let local = client.local_addr().unwrap_or(ctx.local_addr);
+    proxy_protocol::accept(client, peer, local, ctx.config.connect_timeout).await
 }
 
 /// Moves a stream under a readiness guard (see [`Sock`]).
@@ -152,6 +208,7 @@ fn guarded(stream: TcpStream) -> std::io::Result<Sock> {
 }
 
 /// Connects to up to [`MAX_ATTEMPTS`] distinct backends in turn.
+/// `peer` is the client as far as choosing goes (the PROXY header's, if any).
 async fn connect(ctx: &Context, pool: &Pool, peer: SocketAddr) -> Option<(TcpStream, Lease)> {
     let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_ATTEMPTS];
     let mut attempts = 0;

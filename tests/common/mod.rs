@@ -561,4 +561,17 @@ impl Logs {
     pub fn count(&self, needle: &str) -> usize {
         self.text().lines().filter(|l| l.contains(needle)).count()
     }
+
+    /// Waits (up to 5s) for a line containing `needle`: a connection's last
+    /// line comes after its client saw the end.
+    pub async fn wait_for(&self, needle: &str) -> bool {
+        let appeared = async {
+            while self.count(needle) == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), appeared)
+            .await
+            .is_ok()
+    }
 }
