@@ -14,20 +14,17 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub use super::client::{DnsClient, LookupError};
-use super::{Backend, BackendSet, Diff, QueryState, Snapshot};
-use crate::alarm::Alarm;
+use super::{Backend, BackendSet, Publisher};
 use crate::config::SrvQuery;
 
 /// SRV targets without glue looked up at once, per query.
@@ -339,31 +336,23 @@ fn listed<T: std::fmt::Display>(items: impl ExactSizeIterator<Item = T>) -> Stri
 fn report_left_out(srv: &str, before: &LeftOut, now: &LeftOut) {
     if !before.targets.keys().eq(now.targets.keys()) {
         if now.targets.is_empty() {
-            info!(srv, "every SRV target has an address again");
+            info!(query = srv, "every SRV target has an address again");
         } else {
             let skipped = listed(now.targets.iter().map(|(name, why)| format!("{name} ({why})")));
-            warn!(srv, %skipped, "SRV targets without an address are left out");
+            warn!(query = srv, %skipped, "SRV targets without an address are left out");
         }
     }
     if !before.addrs.keys().eq(now.addrs.keys()) && !now.addrs.is_empty() {
         let dropped = listed(now.addrs.iter().map(|(addr, why)| format!("{addr} ({why})")));
-        warn!(srv, %dropped, "addresses that cannot be a backend are left out");
+        warn!(query = srv, %dropped, "addresses that cannot be a backend are left out");
     }
 }
 
-/// Refreshes `query` every `refresh` until `shutdown`, publishing each changed
-/// set on `tx`. Errors keep the last good set; an empty answer replaces a
-/// non-empty set only once it has lasted `empty_grace`.
-pub async fn watch(
-    client: DnsClient,
-    query: SrvQuery,
-    tx: watch::Sender<Snapshot>,
-    state: Arc<QueryState>,
-    shutdown: CancellationToken,
-) {
+/// Refreshes `query` every `refresh` until `shutdown`, publishing each
+/// answer through `publisher` (which keeps the last good set, and applies
+/// empty answers only once they have lasted `empty_grace`).
+pub async fn watch(client: DnsClient, query: SrvQuery, mut publisher: Publisher, shutdown: CancellationToken) {
     let name = query.name.as_str();
-    let mut empty_since: Option<Instant> = None;
-    let failing = Alarm::new();
     let mut known = KnownTargets::default();
     let mut left_out = LeftOut::default();
     // A refresh never takes longer than its interval, or one DNS timeout if
@@ -380,63 +369,17 @@ pub async fn watch(
             answer = lookup(&client, &query, &mut known, budget) => answer,
             _ = shutdown.cancelled() => return,
         };
-        state.record(match &answer {
-            Ok((answer, _)) => Ok(matches!(answer, Answer::Backends(_))),
-            Err(e) => Err(e.to_string()),
-        });
-        let answer = match answer {
+        match answer {
             Ok((answer, now_left_out)) => {
-                if failing.clear() {
-                    info!(srv = name, "lookups succeed again");
-                }
                 report_left_out(name, &left_out, &now_left_out);
                 left_out = now_left_out;
-                answer
-            }
-            Err(e) => {
-                if let Some(repeated) = failing.raise() {
-                    warn!(srv = name, error = %e, repeated, "lookup failed, keeping the last good backends");
-                }
-                continue;
-            }
-        };
-        let current = tx.borrow().clone();
-        let next = match answer {
-            Answer::Backends(set) => {
-                empty_since = None;
-                set
-            }
-            Answer::Empty => {
-                let since = *empty_since.get_or_insert_with(Instant::now);
-                let waited = since.elapsed();
-                match &current {
-                    Some(set) if !set.is_empty() && waited < query.empty_grace => {
-                        debug!(
-                            srv = name,
-                            ?waited,
-                            "empty answer, keeping the last set during the grace period"
-                        );
-                        continue;
-                    }
-                    _ => BackendSet::default(),
+                match answer {
+                    Answer::Backends(set) => publisher.found(set),
+                    Answer::Empty => publisher.empty(),
                 }
             }
-        };
-        let empty = BackendSet::default();
-        let previous = current.as_deref().unwrap_or(&empty);
-        let diff = previous.diff(&next);
-        if current.is_some() && diff.is_empty() {
-            continue;
+            Err(e) => publisher.failed(&e),
         }
-        info!(
-            srv = name,
-            added = %Diff::list(&diff.added),
-            removed = %Diff::list(&diff.removed),
-            changed = %Diff::list(&diff.changed),
-            total = next.backends().len(),
-            "backends changed"
-        );
-        tx.send_replace(Some(Arc::new(next)));
     }
 }
 

@@ -7,13 +7,17 @@ mod client;
 pub mod dns;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info, warn};
+
+use crate::alarm::Alarm;
 
 use crate::config::{BackendSource, Listener};
 use crate::metrics::{Metrics, QueryMetrics};
@@ -175,6 +179,85 @@ impl QueryState {
     }
 }
 
+/// What a discovery task does with what it learns, whatever the source: the
+/// policy both DNS and Consul share. A failure keeps the last good set (and
+/// is logged once); an empty answer replaces a non-empty set only once it
+/// has lasted `empty_grace`; a change is published, and logged as a diff.
+pub struct Publisher {
+    tx: watch::Sender<Snapshot>,
+    state: Arc<QueryState>,
+    empty_grace: Duration,
+    empty_since: Option<Instant>,
+    failing: Alarm,
+}
+
+impl Publisher {
+    pub fn new(tx: watch::Sender<Snapshot>, state: Arc<QueryState>, empty_grace: Duration) -> Publisher {
+        Publisher {
+            tx,
+            state,
+            empty_grace,
+            empty_since: None,
+            failing: Alarm::new(),
+        }
+    }
+
+    /// The source's answer, with backends.
+    pub fn found(&mut self, set: BackendSet) {
+        self.succeeded(true);
+        self.empty_since = None;
+        self.publish(set);
+    }
+
+    /// The source says there is no backend (NXDOMAIN, an empty list).
+    pub fn empty(&mut self) {
+        self.succeeded(false);
+        let since = *self.empty_since.get_or_insert_with(Instant::now);
+        let waited = since.elapsed();
+        let has_backends = self.tx.borrow().as_ref().is_some_and(|set| !set.is_empty());
+        if has_backends && waited < self.empty_grace {
+            let query = self.state.name.as_str();
+            debug!(query, ?waited, "empty answer, keeping the last set during the grace period");
+            return;
+        }
+        self.publish(BackendSet::default());
+    }
+
+    /// No usable answer: the last good set stays.
+    pub fn failed(&mut self, error: &dyn fmt::Display) {
+        self.state.record(Err(error.to_string()));
+        if let Some(repeated) = self.failing.raise() {
+            let query = self.state.name.as_str();
+            warn!(query, error = %error, repeated, "lookup failed, keeping the last good backends");
+        }
+    }
+
+    fn succeeded(&mut self, found: bool) {
+        self.state.record(Ok(found));
+        if self.failing.clear() {
+            info!(query = self.state.name.as_str(), "lookups succeed again");
+        }
+    }
+
+    fn publish(&mut self, next: BackendSet) {
+        let current = self.tx.borrow().clone();
+        let empty = BackendSet::default();
+        let diff = current.as_deref().unwrap_or(&empty).diff(&next);
+        if current.is_some() && diff.is_empty() {
+            return;
+        }
+        info!(
+            query = self.state.name.as_str(),
+            added = %Diff::list(&diff.added),
+            removed = %Diff::list(&diff.removed),
+            changed = %Diff::list(&diff.changed),
+            total = next.backends().len(),
+            "backends changed"
+        );
+        self.tx.send_replace(Some(Arc::new(next)));
+    }
+}
+
 /// The running discovery tasks, one per distinct source, shared by every
 /// listener that uses it. Reload subscribes the new listeners and retires
 /// sources no listener uses any more.
@@ -230,13 +313,8 @@ impl Registry {
             (BackendSource::Dns(query), Some(client)) => {
                 let (tx, snapshots) = watch::channel(None);
                 let state = Arc::new(QueryState::new(&query.name, self.metrics.query(&query.name)));
-                tokio::spawn(dns::watch(
-                    client.clone(),
-                    query.clone(),
-                    tx,
-                    state.clone(),
-                    stop.clone(),
-                ));
+                let publisher = Publisher::new(tx, state.clone(), query.empty_grace);
+                tokio::spawn(dns::watch(client.clone(), query.clone(), publisher, stop.clone()));
                 Source {
                     snapshots,
                     stop,
