@@ -1,11 +1,14 @@
 //! End-to-end tests against real programs: BIND as the Consul DNS stand-in
-//! (records changed with nsupdate through `consul-dns.sh`), redis-server and
+//! (records changed with nsupdate through `consul-dns.sh`), a stand-in for
+//! Consul's HTTP API (`consul_standin.rs`, as Consul cannot be installed), redis-server and
 //! carbon-cache as backends, Prometheus and Chromium as observers, and the
 //! `sluice` binary driven through its CLI. `.ci/run` installs them.
 //!
 //! `support` is the harness; each other module is one area of tests.
 
 mod cli;
+mod consul;
+mod consul_standin;
 mod graphite;
 mod observe;
 mod proxy_protocol;

@@ -91,6 +91,9 @@ pub struct QueryStatus {
     /// Unix time of the last successful lookup.
     pub last_success: Option<f64>,
     pub last_error: Option<String>,
+    /// A Consul watch's last `X-Consul-Index`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
 }
 
 impl Admin {
@@ -134,6 +137,7 @@ impl Admin {
                     protocol: config.protocol(),
                     query: match &config.backends {
                         BackendSource::Dns(q) => q.name.clone(),
+                        BackendSource::Consul(q) => crate::discovery::consul::query_name(q),
                         BackendSource::Static(_) => "static".into(),
                     },
                     balance: config.balance,
@@ -152,6 +156,7 @@ impl Admin {
                     name: q.name.clone(),
                     last_success: health.last_success.map(crate::unix_seconds),
                     last_error: health.last_error,
+                    index: health.index,
                 }
             })
             .collect();

@@ -57,6 +57,9 @@ fn main() -> ExitCode {
         dns: cli.dns,
         metrics: cli.metrics,
         listeners: cli.listeners,
+        // As Consul's own tools read them, when the file does not say.
+        consul_env: std::env::var("CONSUL_HTTP_ADDR").ok(),
+        consul_token_env: std::env::var("CONSUL_HTTP_TOKEN").ok(),
     };
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,

@@ -42,6 +42,8 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 pub struct Config {
     /// How SRV lookups reach DNS.
     pub dns: DnsSettings,
+    /// How `discovery = "consul"` listeners reach Consul.
+    pub consul: ConsulSettings,
     /// HTTP address for metrics and status, if any.
     pub metrics: Option<SocketAddr>,
     /// How long connections may finish after SIGTERM/SIGINT.
@@ -201,7 +203,56 @@ impl fmt::Display for Balance {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BackendSource {
     Dns(SrvQuery),
+    Consul(ConsulQuery),
     Static(Vec<SocketAddr>),
+}
+
+/// One Consul health watch (`discovery = "consul"`). Listeners with equal
+/// queries share one watch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConsulQuery {
+    pub service: String,
+    pub tag: Option<String>,
+    pub datacenter: Option<String>,
+    /// How long an empty list must persist before it empties the set.
+    pub empty_grace: Duration,
+}
+
+/// How discovery reaches Consul's HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsulSettings {
+    pub addr: ConsulAddr,
+    /// Sent as `X-Consul-Token`; never logged.
+    pub token: Option<Secret>,
+}
+
+/// Consul's HTTP address: `http://host:port`, with an optional path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsulAddr {
+    pub host: String,
+    pub port: u16,
+    /// Before every path, e.g. `/consul` behind a reverse proxy; or "".
+    pub prefix: String,
+}
+
+impl fmt::Display for ConsulAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = match self.host.contains(':') {
+            true => format!("[{}]", self.host),
+            false => self.host.clone(),
+        };
+        write!(f, "http://{host}:{}{}", self.port, self.prefix)
+    }
+}
+
+/// A credential: shown nowhere, compared as is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 /// One SRV lookup. Listeners with equal queries share one discovery task.
@@ -217,13 +268,17 @@ pub struct SrvQuery {
     pub tcp: bool,
 }
 
-/// What the command line adds to (or overrides in) the file.
+/// What the command line and the environment add to (or override in) the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub dns: Option<String>,
     pub metrics: Option<String>,
     /// Shorthand listeners, `[ADDR:]PORT[/udp]:SERVICE`.
     pub listeners: Vec<String>,
+    /// `CONSUL_HTTP_ADDR`, used when the file has no `consul`.
+    pub consul_env: Option<String>,
+    /// `CONSUL_HTTP_TOKEN`, used when the file has no `consul_token`.
+    pub consul_token_env: Option<String>,
 }
 
 impl Config {
@@ -390,6 +445,32 @@ mod tests {
                 tcp: false,
             })
         );
+    }
+
+    #[test]
+    fn consul_comes_from_the_file_else_the_environment_and_its_token_is_never_shown() {
+        let listener = "[listeners.w]\nbind = \"127.0.0.1:1\"\ndiscovery = \"consul\"\nservice = \"Web\"\n";
+        let overrides = Overrides {
+            consul_env: Some("http://consul.local:8501/proxied".into()),
+            consul_token_env: Some("from-env".into()),
+            ..Overrides::default()
+        };
+        let config = Config::parse(listener, "t.toml", &overrides).unwrap();
+        assert_eq!(config.consul.addr.to_string(), "http://consul.local:8501/proxied");
+        assert_eq!(config.consul.token, Some(Secret("from-env".into())));
+        assert!(
+            !format!("{config:?}").contains("from-env"),
+            "the token leaked into Debug"
+        );
+        let BackendSource::Consul(query) = &config.listeners[0].backends else {
+            panic!("a Consul source")
+        };
+        assert_eq!(query.service, "web");
+
+        let file = format!("consul = \"10.0.0.5\"\nconsul_token = \"from-file\"\n{listener}");
+        let config = Config::parse(&file, "t.toml", &overrides).unwrap();
+        assert_eq!(config.consul.addr.to_string(), "http://10.0.0.5:8500");
+        assert_eq!(config.consul.token, Some(Secret("from-file".into())));
     }
 
     #[test]

@@ -4,7 +4,10 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-use super::DNS_PORT;
+use super::{ConsulAddr, DNS_PORT};
+
+/// Consul's HTTP port, when an address has none.
+const CONSUL_PORT: u16 = 8500;
 use super::error::quoted;
 
 /// DNS servers, comma-separated: each `ip:port`, `[v6]:port`, a bare IP, or
@@ -57,6 +60,46 @@ fn parse_dns_server(text: &str) -> Result<Vec<SocketAddr>, String> {
         ));
     }
     Ok(usable)
+}
+
+/// Consul's HTTP address: `host:port` or `http://host:port[/prefix]`.
+pub(super) fn parse_consul_addr(text: &str) -> Result<ConsulAddr, String> {
+    let rest = match text.split_once("://") {
+        None => text,
+        Some(("http", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{} is not supported: use http:// to the local Consul agent",
+                quoted(&format!("{scheme}://"))
+            ));
+        }
+    };
+    let (authority, prefix) = match rest.find('/') {
+        Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    let invalid = || {
+        format!(
+            "invalid Consul address {}: expected HOST:PORT or http://HOST:PORT",
+            quoted(text)
+        )
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse::<u16>().map_err(|_| invalid())?),
+        None => (authority, CONSUL_PORT),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<IpAddr>().is_err() {
+        check_dns_name(host.trim_end_matches('.')).map_err(|_| invalid())?;
+    }
+    if port == 0 {
+        return Err(invalid());
+    }
+    Ok(ConsulAddr {
+        host: host.to_string(),
+        port,
+        prefix: prefix.to_string(),
+    })
 }
 
 /// A backend to connect to: `ip:port` of a single unicast host.

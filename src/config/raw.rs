@@ -25,8 +25,19 @@ pub(super) struct RawConfig {
     pub tcp: Option<Spanned<bool>>,
     pub shutdown_grace: Option<Dur>,
     pub metrics: Option<Spanned<String>>,
+    pub consul: Option<Spanned<String>>,
+    pub consul_token: Option<Spanned<String>>,
+    pub datacenter: Option<Spanned<String>>,
     #[serde(default)]
     pub listeners: BTreeMap<String, Spanned<RawListener>>,
+}
+
+/// Where a listener's `service` is looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Discovery {
+    Dns,
+    Consul,
 }
 
 /// A string, or a list of them (`dns = "a"` or `dns = ["a", "b"]`).
@@ -53,6 +64,7 @@ impl OneOrMany {
 pub(super) struct RawListener {
     pub bind: Option<Spanned<String>>,
     pub protocol: Option<Spanned<Protocol>>,
+    pub discovery: Option<Spanned<Discovery>>,
     pub service: Option<Spanned<String>>,
     pub tag: Option<Spanned<String>>,
     pub srv: Option<Spanned<String>>,

@@ -10,11 +10,14 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{ConfigError, Problem};
-use super::names::{check_dns_name, check_label, consul_name, parse_bind, parse_dns_servers, parse_peer};
-use super::raw::{Dur, RawConfig, RawHealth, RawListener};
+use super::names::{
+    check_dns_name, check_label, consul_name, parse_bind, parse_consul_addr, parse_dns_servers, parse_peer,
+};
+use super::raw::{Discovery, Dur, RawConfig, RawHealth, RawListener};
 use super::{
-    BackendSource, Balance, Config, DnsSettings, HealthCheck, Listener, MAX_DURATION, Mode, Overrides,
-    Protocol, ProxyVersion, SrvQuery, TcpSettings, UdpSettings, shorthand,
+    BackendSource, Balance, Config, ConsulAddr, ConsulQuery, ConsulSettings, DnsSettings, HealthCheck,
+    Listener, MAX_DURATION, Mode, Overrides, Protocol, ProxyVersion, Secret, SrvQuery, TcpSettings,
+    UdpSettings, shorthand,
 };
 
 const DEFAULT_DOMAIN: &str = "consul";
@@ -22,6 +25,7 @@ const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_DNS_ATTEMPTS: usize = 2;
+const DEFAULT_CONSUL_PORT: u16 = 8500;
 /// Upper bound for `dns_attempts`.
 const MAX_DNS_ATTEMPTS: usize = 10;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -104,6 +108,8 @@ struct Defaults {
     refresh: Duration,
     empty_grace: Option<Duration>,
     tcp: bool,
+    /// Consul's, for `discovery = "consul"`.
+    datacenter: Option<String>,
 }
 
 impl Defaults {
@@ -252,6 +258,29 @@ impl<'a> Validator<'a> {
             (None, Some(file)) => self.parsed(&global, file, "metrics", parse_bind),
             (None, None) => None,
         };
+        let consul_addr = match (&raw.consul, &overrides.consul_env) {
+            (Some(file), _) => self.parsed(&global, file, "consul", parse_consul_addr),
+            (None, Some(env)) => self.cli(env, "CONSUL_HTTP_ADDR", parse_consul_addr),
+            (None, None) => None,
+        };
+        let token = match (&raw.consul_token, &overrides.consul_token_env) {
+            (Some(file), _) => Some(file.get_ref().clone()),
+            (None, env) => env.clone(),
+        };
+        let consul = ConsulSettings {
+            addr: consul_addr.unwrap_or_else(|| ConsulAddr {
+                host: "127.0.0.1".into(),
+                port: DEFAULT_CONSUL_PORT,
+                prefix: String::new(),
+            }),
+            token: token.filter(|t| !t.is_empty()).map(Secret),
+        };
+        let datacenter = raw.datacenter.as_ref().and_then(|dc| {
+            check_label(dc.get_ref())
+                .map_err(|e| self.problem_at(&global, dc, "datacenter", e))
+                .ok()
+                .map(|()| dc.get_ref().to_ascii_lowercase())
+        });
         let domain = match &raw.domain {
             Some(d) => {
                 let domain = d.get_ref().trim_matches('.').to_ascii_lowercase();
@@ -285,6 +314,7 @@ impl<'a> Validator<'a> {
             refresh,
             empty_grace,
             tcp: raw.tcp.as_ref().is_some_and(|t| *t.get_ref()),
+            datacenter,
         };
 
         let mut listeners = Vec::new();
@@ -324,6 +354,7 @@ impl<'a> Validator<'a> {
         if self.problems.is_empty() {
             return Ok(Config {
                 dns,
+                consul,
                 metrics,
                 shutdown_grace,
                 listeners,
@@ -491,6 +522,13 @@ impl<'a> Validator<'a> {
         if let (Some(tag), None) = (&raw.tag, &raw.service) {
             self.problem_at(scope, tag, "tag", "only applies together with `service`");
         }
+        if raw
+            .discovery
+            .as_ref()
+            .is_some_and(|d| *d.get_ref() == Discovery::Consul)
+        {
+            return self.consul_source(raw, scope, location, empty_grace, defaults);
+        }
         match (&raw.service, &raw.srv, &raw.backends) {
             (Some(service), None, None) => {
                 let mut ok = true;
@@ -543,6 +581,54 @@ impl<'a> Validator<'a> {
 
     /// The check of a listener of `protocol`; a PROXY header on checks has
     /// the version the listener sends (`sends_proxy`), else v2.
+    /// `discovery = "consul"`: the service (and tag) watched through
+    /// Consul's HTTP API; DNS-only keys and static backends are errors.
+    fn consul_source(
+        &mut self,
+        raw: &RawListener,
+        scope: &Scope,
+        location: &str,
+        empty_grace: Duration,
+        defaults: &Defaults,
+    ) -> Option<BackendSource> {
+        let dns_only = [
+            ("srv", raw.srv.as_ref().map(Spanned::span)),
+            ("backends", raw.backends.as_ref().map(Spanned::span)),
+            ("tcp", raw.tcp.as_ref().map(Spanned::span)),
+        ];
+        for (key, span) in dns_only.into_iter().filter_map(|(k, s)| Some((k, s?))) {
+            let message = format!(
+                "{}: not with discovery = \"consul\" (it watches `service`)",
+                scope.key(key)
+            );
+            self.problem(scope.place.at(&span), message);
+        }
+        let Some(service) = &raw.service else {
+            let table = scope.prefix.trim_end_matches('.');
+            self.problem(
+                location.to_string(),
+                format!("{table}: discovery = \"consul\" needs `service`"),
+            );
+            return None;
+        };
+        let mut ok = check_label(service.get_ref())
+            .map_err(|e| self.problem_at(scope, service, "service", e))
+            .is_ok();
+        if let Some(t) = &raw.tag {
+            ok &= check_label(t.get_ref())
+                .map_err(|e| self.problem_at(scope, t, "tag", e))
+                .is_ok();
+        }
+        ok.then(|| {
+            BackendSource::Consul(ConsulQuery {
+                service: service.get_ref().to_ascii_lowercase(),
+                tag: raw.tag.as_ref().map(|t| t.get_ref().to_ascii_lowercase()),
+                datacenter: defaults.datacenter.clone(),
+                empty_grace,
+            })
+        })
+    }
+
     fn health(
         &mut self,
         scope: &Scope,

@@ -351,7 +351,12 @@ fn report_left_out(srv: &str, before: &LeftOut, now: &LeftOut) {
 /// Refreshes `query` every `refresh` until `shutdown`, publishing each
 /// answer through `publisher` (which keeps the last good set, and applies
 /// empty answers only once they have lasted `empty_grace`).
-pub async fn watch(client: DnsClient, query: SrvQuery, mut publisher: Publisher, shutdown: CancellationToken) {
+pub async fn watch(
+    client: DnsClient,
+    query: SrvQuery,
+    mut publisher: Publisher,
+    shutdown: CancellationToken,
+) {
     let name = query.name.as_str();
     let mut known = KnownTargets::default();
     let mut left_out = LeftOut::default();

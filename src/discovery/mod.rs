@@ -4,6 +4,7 @@
 //! read the latest one and never wait on DNS.
 
 mod client;
+pub mod consul;
 pub mod dns;
 
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::alarm::Alarm;
 
-use crate::config::{BackendSource, Listener};
+use crate::config::{BackendSource, ConsulSettings, Listener};
 use crate::metrics::{Metrics, QueryMetrics};
 use dns::DnsClient;
 
@@ -141,6 +142,8 @@ pub struct QueryState {
 pub struct QueryHealth {
     pub last_success: Option<SystemTime>,
     pub last_error: Option<String>,
+    /// A Consul watch's last `X-Consul-Index`.
+    pub index: Option<u64>,
 }
 
 impl QueryState {
@@ -154,6 +157,10 @@ impl QueryState {
 
     pub fn health(&self) -> QueryHealth {
         self.health.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn set_index(&self, index: u64) {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner).index = Some(index);
     }
 
     fn record(&self, outcome: Result<bool, String>) {
@@ -214,13 +221,27 @@ impl Publisher {
         self.succeeded(false);
         let since = *self.empty_since.get_or_insert_with(Instant::now);
         let waited = since.elapsed();
-        let has_backends = self.tx.borrow().as_ref().is_some_and(|set| !set.is_empty());
-        if has_backends && waited < self.empty_grace {
+        if self.has_backends() && waited < self.empty_grace {
             let query = self.state.name.as_str();
-            debug!(query, ?waited, "empty answer, keeping the last set during the grace period");
+            debug!(
+                query,
+                ?waited,
+                "empty answer, keeping the last set during the grace period"
+            );
             return;
         }
         self.publish(BackendSet::default());
+    }
+
+    /// When the empty answer being held through its grace takes effect
+    /// (by another call to [`Publisher::empty`]), if one is held.
+    pub fn grace_ends(&self) -> Option<Instant> {
+        let since = self.empty_since?;
+        self.has_backends().then(|| since + self.empty_grace)
+    }
+
+    fn has_backends(&self) -> bool {
+        self.tx.borrow().as_ref().is_some_and(|set| !set.is_empty())
     }
 
     /// No usable answer: the last good set stays.
@@ -263,6 +284,7 @@ impl Publisher {
 /// sources no listener uses any more.
 pub struct Registry {
     dns: Option<DnsClient>,
+    consul: ConsulSettings,
     metrics: Arc<Metrics>,
     sources: HashMap<BackendSource, Source>,
     shutdown: CancellationToken,
@@ -276,12 +298,18 @@ struct Source {
 }
 
 impl Registry {
-    pub fn new(dns: Option<DnsClient>, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Registry {
+    pub fn new(
+        dns: Option<DnsClient>,
+        consul: ConsulSettings,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Registry {
         if let Some(dns) = &dns {
             info!(servers = ?dns.servers(), "discovering backends through DNS");
         }
         Registry {
             dns,
+            consul,
             metrics,
             sources: HashMap::new(),
             shutdown,
@@ -290,17 +318,28 @@ impl Registry {
 
     /// Switches to another DNS server: every DNS source starts over.
     pub fn set_dns(&mut self, dns: Option<DnsClient>) {
-        self.sources.retain(|source, running| match source {
-            BackendSource::Dns(_) => {
-                running.stop.cancel();
-                false
-            }
-            BackendSource::Static(_) => true,
-        });
+        self.restart(|source| matches!(source, BackendSource::Dns(_)));
         if let Some(dns) = &dns {
             info!(servers = ?dns.servers(), "discovering backends through DNS");
         }
         self.dns = dns;
+    }
+
+    /// Switches to another Consul address or token: every watch starts over.
+    pub fn set_consul(&mut self, consul: ConsulSettings) {
+        self.restart(|source| matches!(source, BackendSource::Consul(_)));
+        self.consul = consul;
+    }
+
+    /// Stops the sources that `restarts`, so the next subscriber starts them anew.
+    fn restart(&mut self, restarts: impl Fn(&BackendSource) -> bool) {
+        self.sources.retain(|source, running| {
+            let stop = restarts(source);
+            if stop {
+                running.stop.cancel();
+            }
+            !stop
+        });
     }
 
     /// The snapshots of `source`, starting its task if none runs.
@@ -315,6 +354,25 @@ impl Registry {
                 let state = Arc::new(QueryState::new(&query.name, self.metrics.query(&query.name)));
                 let publisher = Publisher::new(tx, state.clone(), query.empty_grace);
                 tokio::spawn(dns::watch(client.clone(), query.clone(), publisher, stop.clone()));
+                Source {
+                    snapshots,
+                    stop,
+                    query: Some(state),
+                }
+            }
+            (BackendSource::Consul(query), _) => {
+                let (tx, snapshots) = watch::channel(None);
+                let name = consul::query_name(query);
+                let state = Arc::new(QueryState::new(&name, self.metrics.query(&name)));
+                let publisher = Publisher::new(tx, state.clone(), query.empty_grace);
+                let watching = consul::watch(
+                    self.consul.clone(),
+                    query.clone(),
+                    publisher,
+                    state.clone(),
+                    stop.clone(),
+                );
+                tokio::spawn(watching);
                 Source {
                     snapshots,
                     stop,

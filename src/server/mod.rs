@@ -29,7 +29,7 @@ use tracing::{Instrument, Span, info, info_span, warn};
 use crate::Error;
 use crate::admin::Admin;
 use crate::balancer::Upstream;
-use crate::config::{BackendSource, Config, DnsSettings, Listener, Mode, Protocol};
+use crate::config::{BackendSource, Config, ConsulSettings, DnsSettings, Listener, Mode, Protocol};
 use crate::discovery::Registry;
 use crate::discovery::dns::DnsClient;
 use crate::health::Checks;
@@ -223,8 +223,9 @@ impl Server {
             listeners: HashMap::new(),
             own: watch::Sender::new(Arc::default()),
             dns: config.dns.clone(),
+            consul: config.consul.clone(),
             metrics_addr: config.metrics,
-            discovery: Registry::new(dns, metrics.clone(), shutdown.clone()),
+            discovery: Registry::new(dns, config.consul.clone(), metrics.clone(), shutdown.clone()),
             checks: Arc::new(Checks::new(shutdown.clone())),
             admin: admin.as_ref().map(|_| Arc::new(Admin::new(metrics.clone()))),
             metrics: metrics.clone(),
@@ -288,6 +289,8 @@ struct Running {
     own: watch::Sender<Arc<OwnSockets>>,
     /// DNS as configured.
     dns: DnsSettings,
+    /// Consul's address and token as configured.
+    consul: ConsulSettings,
     /// As configured at start (the endpoint is not rebound on reload).
     metrics_addr: Option<SocketAddr>,
     discovery: Registry,
@@ -378,7 +381,8 @@ impl Running {
     }
 
     fn reload(&mut self, config: Config) -> Result<ReloadReport, Error> {
-        let plan = plan::plan(self.listeners.values().map(|s| &s.config), &self.dns, &config);
+        let running = self.listeners.values().map(|s| &s.config);
+        let plan = plan::plan(running, &self.dns, &self.consul, &config);
         let dns = if plan.dns_changed {
             Some(dns_client(&config)?)
         } else {
@@ -404,9 +408,12 @@ impl Running {
                 report.removed.push(name.clone());
             }
         }
-        // Before any new context subscribes to a DNS source.
+        // Before any new context subscribes to a source.
         if let Some(dns) = dns {
             self.discovery.set_dns(dns);
+        }
+        if plan.consul_changed {
+            self.discovery.set_consul(config.consul.clone());
         }
         for change in plan.changes {
             if let Change::Update {
@@ -426,6 +433,7 @@ impl Running {
             warn!("the metrics endpoint address only changes on restart");
         }
         self.dns = config.dns.clone();
+        self.consul = config.consul.clone();
         self.discovery.retain(&config.listeners);
         self.shutdown_grace = config.shutdown_grace;
         self.publish();

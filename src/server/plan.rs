@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::{BackendSource, Config, DnsSettings, Listener};
+use crate::config::{BackendSource, Config, ConsulSettings, DnsSettings, Listener};
 
 /// One step of a reload.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,16 +29,21 @@ pub(super) struct Plan {
     pub changes: Vec<Change>,
     /// The DNS server changed: every DNS source starts over.
     pub dns_changed: bool,
+    /// Consul's address or token changed: every Consul watch starts over.
+    pub consul_changed: bool,
 }
 
-/// The changes that turn `running` (with `running_dns` as configured) into `new`.
+/// The changes that turn `running` (with `running_dns` and `running_consul`
+/// as configured) into `new`.
 pub(super) fn plan<'a>(
     running: impl IntoIterator<Item = &'a Listener>,
     running_dns: &DnsSettings,
+    running_consul: &ConsulSettings,
     new: &Config,
 ) -> Plan {
     let running: HashMap<&str, &Listener> = running.into_iter().map(|l| (l.name.as_str(), l)).collect();
     let dns_changed = *running_dns != new.dns;
+    let consul_changed = *running_consul != new.consul;
     let mut changes = Vec::new();
     for name in running.keys() {
         if !new.listeners.iter().any(|l| l.name == *name) {
@@ -54,7 +59,11 @@ pub(super) fn plan<'a>(
             changes.push(Change::Rebind(listener.clone()));
             continue;
         }
-        let rediscovered = dns_changed && matches!(listener.backends, BackendSource::Dns(_));
+        let rediscovered = match listener.backends {
+            BackendSource::Dns(_) => dns_changed,
+            BackendSource::Consul(_) => consul_changed,
+            BackendSource::Static(_) => false,
+        };
         if *old != listener || rediscovered {
             changes.push(Change::Update {
                 listener: listener.clone(),
@@ -68,7 +77,11 @@ pub(super) fn plan<'a>(
         Change::Update { listener, .. } => (2, listener.name.clone()),
         Change::Start(l) => (3, l.name.clone()),
     });
-    Plan { changes, dns_changed }
+    Plan {
+        changes,
+        dns_changed,
+        consul_changed,
+    }
 }
 
 /// Whether a change to `old` can only be applied with a new socket.
@@ -98,7 +111,7 @@ mod tests {
     /// The plan from `old` to `new`, as names: ("stop a", "update a same", ...).
     fn steps(old: &str, new: &str) -> Vec<String> {
         let (old, new) = (config(old), config(new));
-        let plan = plan(&old.listeners, &old.dns, &new);
+        let plan = plan(&old.listeners, &old.dns, &old.consul, &new);
         plan.changes
             .iter()
             .map(|c| match c {
@@ -147,11 +160,19 @@ mod tests {
     }
 
     #[test]
+    fn a_new_consul_token_rewatches_consul_listeners_only() {
+        let consul = "[listeners.c]\nbind = \"127.0.0.1:5\"\nservice = \"web\"\ndiscovery = \"consul\"\n";
+        let old = format!("consul_token = \"a\"\n{A}{D}{consul}");
+        let new = format!("consul_token = \"b\"\n{A}{D}{consul}");
+        assert_eq!(steps(&old, &new), ["update c with new backends"]);
+    }
+
+    #[test]
     fn a_new_dns_server_rediscovers_dns_listeners_only() {
         let old = format!("dns = \"127.0.0.1:53\"\n{A}{D}");
         let new = format!("dns = \"127.0.0.2:53\"\n{A}{D}");
         assert_eq!(steps(&old, &new), ["update d with new backends"]);
         let (old, new) = (config(&old), config(&new));
-        assert!(plan(&old.listeners, &old.dns, &new).dns_changed);
+        assert!(plan(&old.listeners, &old.dns, &old.consul, &new).dns_changed);
     }
 }
