@@ -6,7 +6,7 @@ markdown. One subcommand per job; run.sh calls them as `helpers.py CMD ARGS`.
 
 import csv
 import json
-import os
+import re
 import resource
 import socket
 import statistics
@@ -120,33 +120,77 @@ def udp_flood(port, n):
     print(answered)
 
 
-def propagate(out_path, marker, *rest):
-    """Run the DNS update command after `--`, then probe every NAME=PORT proxy
-    with fresh connections (`GET marker`) until one lands on the new instance,
-    which alone holds the key. Writes {"NAME": ms or null} to OUT_PATH; the clock
-    starts when the update command (nsupdate) has returned."""
+def consul_put(consul_port, path, body=None):
+    """A PUT to the Consul (stand-in) agent API on 127.0.0.1:CONSUL_PORT."""
+    data = json.dumps(body).encode() if body is not None else b""
+    request = urllib.request.Request(f"http://127.0.0.1:{consul_port}{path}", data=data, method="PUT")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        response.read()
+
+
+def consul_register(consul_port, instance_id, service, address, port):
+    consul_put(consul_port, "/v1/agent/service/register",
+               {"ID": instance_id, "Name": service, "Address": address, "Port": int(port)})
+
+
+def consul_deregister(consul_port, instance_id):
+    consul_put(consul_port, f"/v1/agent/service/deregister/{instance_id}")
+
+
+# A withdrawn instance counts as gone after this many fresh connections in a
+# row missed it (with two instances, round-robin would alternate).
+GONE_AFTER = 20
+
+
+def propagate(out_path, change, marker, consul_port, instance_id, port, *rest):
+    """CHANGE is `add` or `del`: the redis instance on PORT, which alone holds
+    MARKER, is registered (or deregistered) in DNS by the command after `--`,
+    then in Consul (stand-in on CONSUL_PORT) as INSTANCE_ID. Then every
+    NAME=PORT proxy (NAME=PORT=consul: it follows Consul) is probed with fresh
+    connections (`GET sluice_bench_marker`). `add`: until one lands on the new
+    instance; `del`: until GONE_AFTER in a row miss it, the first of which
+    counts. Writes {"NAME": ms or null} to OUT_PATH; each proxy's clock starts
+    when its registry's update (nsupdate, the HTTP PUT) has returned."""
     split = rest.index("--")
-    proxies = dict(p.split("=") for p in rest[:split])
+    proxies = [p.split("=") for p in rest[:split]]
     command = list(rest[split + 1:])
     request = "GET sluice_bench_marker\r\n".encode()
-    result = {name: None for name in proxies}
+    result = {p[0]: None for p in proxies}
     subprocess.run(command, check=True)
-    t0 = time.monotonic()
+    t_dns = time.monotonic()
+    if change == "add":
+        consul_register(consul_port, instance_id, "redis", "127.0.0.1", port)
+    else:
+        consul_deregister(consul_port, instance_id)
+    t_consul = time.monotonic()
 
-    def probe(name, port):
+    def probe(name, port, registry="dns"):
+        t0 = t_consul if registry == "consul" else t_dns
+        missed_since, missed = None, 0
         while time.monotonic() - t0 < 10:
             try:
+                sent = time.monotonic()
                 with socket.create_connection(("127.0.0.1", int(port)), timeout=1) as s:
                     s.sendall(request)
                     reply = s.recv(256)
-                if marker.encode() in reply:
-                    result[name] = round((time.monotonic() - t0) * 1000, 1)
-                    return
+                on_marker = marker.encode() in reply
             except OSError:
-                pass  # a backend just removed or not up yet: keep probing
+                continue  # a backend just removed or not up yet: keep probing
+            if change == "add" and on_marker:
+                result[name] = round((sent - t0) * 1000, 1)
+                return
+            if change == "del":
+                if on_marker:
+                    missed_since, missed = None, 0
+                else:
+                    missed_since = missed_since or sent
+                    missed += 1
+                    if missed == GONE_AFTER:
+                        result[name] = round(max(missed_since - t0, 0) * 1000, 1)
+                        return
             time.sleep(0.002)
 
-    threads = [threading.Thread(target=probe, args=item) for item in proxies.items()]
+    threads = [threading.Thread(target=probe, args=p) for p in proxies]
     for t in threads:
         t.start()
     for t in threads:
@@ -213,15 +257,93 @@ def haproxy_sent(sock_path, section):
     print(sum(sent))
 
 
+RESERVED_NAMES = {"direct", "haproxy", "nginx", "pp", "scale", "meta", "failed"}
+
+
+def variants(spec):
+    """Parse SLUICE_VARIANTS: space-separated NAME:EXTRA, where EXTRA is TOML
+    lines separated by ';' (spaces allowed: a word `NAME:...` with NAME made of
+    letters, digits, '_' and '-' starts the next variant). Prints one
+    `NAME<TAB>EXTRA` line per variant, EXTRA's lines trimmed, joined by ';'."""
+    found = []
+    for word in spec.split():
+        m = re.match(r"([A-Za-z][A-Za-z0-9_-]*):(.*)$", word)
+        if m:
+            found.append([m.group(1), m.group(2)])
+        elif found:
+            found[-1][1] += " " + word
+        else:
+            sys.exit(f"SLUICE_VARIANTS: {word!r} comes before any NAME:")
+    if not found:
+        sys.exit("SLUICE_VARIANTS: no variant (e.g. 'sluice: sluice-copy:splice = false')")
+    names = [name for name, _ in found]
+    for name in names:
+        if name in RESERVED_NAMES or names.count(name) > 1:
+            sys.exit(f"SLUICE_VARIANTS: the name {name!r} is taken")
+    for name, extra in found:
+        lines = [line.strip() for line in extra.split(";") if line.strip()]
+        print(f"{name}\t{';'.join(lines)}")
+
+
+def strace_summary(path, conns):
+    """From `strace -c` output: `SYSCALL<TAB>calls per connection` for every
+    syscall, and `total`, over CONNS connections."""
+    conns = int(conns)
+    if conns <= 0:
+        sys.exit(f"{path}: no connection counted")
+    calls = {}
+    with open(path) as f:
+        for line in f:
+            fields = line.split()
+            # % time, seconds, usecs/call, calls, [errors,] syscall
+            if len(fields) in (5, 6) and fields[3].isdigit():
+                calls[fields[-1]] = int(fields[3])
+    if "total" not in calls:
+        sys.exit(f"{path}: no strace summary")
+    for name, n in sorted(calls.items(), key=lambda item: -item[1]):
+        print(f"{name}\t{n / conns:.3f}")
+
+
 # ---------------------------------------------------------------- rendering
 
 
 def fnum(v, digits=0):
     if v is None:
         return "–"
-    if digits == 0:
-        return f"{v:,.0f}"
     return f"{v:,.{digits}f}"
+
+
+def compact(v, digits=0):
+    """A spread bound, short: 85,123 → 85.1k, 1,078.6 → 1,079; small numbers as fnum."""
+    if abs(v) >= 10000:
+        return f"{v / 1000:,.1f}k"
+    return fnum(v, 0 if abs(v) >= 100 else digits)
+
+
+def plural(n, word):
+    return f"{n} {word}" if n == 1 else f"{n or '?'} {word}s"
+
+
+def median(values):
+    nums = [v for v in values if v is not None]
+    return statistics.median(nums) if nums else None
+
+
+def cell(values, digits=0, expect=None):
+    """`median (min–max)` of the rounds' VALUES (None: a round without a
+    number). One value, or a spread that rounds away: just the median. Fewer
+    numbers than EXPECT rounds: `k of n` in the parentheses."""
+    nums = [v for v in values if v is not None]
+    if not nums:
+        return "–"
+    notes = []
+    low, high = compact(min(nums), digits), compact(max(nums), digits)
+    if low != high:
+        notes.append(f"{low}–{high}")
+    if expect and len(nums) < expect:
+        notes.append(f"{len(nums)} of {expect}")
+    text = fnum(statistics.median(nums), digits)
+    return f"{text} ({', '.join(notes)})" if notes else text
 
 
 def ratio(a, b):
@@ -230,109 +352,221 @@ def ratio(a, b):
     return f"{a / b:.2f}"
 
 
+def table(header, rows):
+    return [
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+class Results:
+    """results.tsv: KEY<TAB>VALUE lines, a key once per round. meta.* keys
+    are text; others numbers, or None for a round without one ("failed",
+    "None": a probe that never got there)."""
+
+    def __init__(self, path):
+        self.values, self.meta, self.failed = {}, {}, {}
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.rstrip("\n").partition("\t")
+                if key.startswith("meta."):
+                    self.meta[key[5:]] = value
+                elif key.startswith("failed."):
+                    # one entry per step, rounds counted: "iperf3: nginx [round 2/5]"
+                    name = re.sub(r" \[round \d+/\d+\]$", "", key[7:])
+                    self.failed[name] = self.failed.get(name, 0) + 1
+                else:
+                    try:
+                        number = float(value)
+                    except ValueError:
+                        number = None
+                    self.values.setdefault(key, []).append(number)
+
+    def all(self, key):
+        return self.values.get(key, [])
+
+    def median(self, key):
+        return median(self.all(key))
+
+    def cell(self, key, digits=0, expect=None):
+        return cell(self.all(key), digits, expect)
+
+    def words(self, key, default=""):
+        return self.meta.get(key, default).split()
+
+    def count(self, key):
+        return int(self.meta.get(key) or 0) or None
+
+
 def render(results_path, out_path):
-    r, meta = {}, {}
-    with open(results_path) as f:
-        for line in f:
-            key, _, value = line.rstrip("\n").partition("\t")
-            if key.startswith("meta."):
-                meta[key[5:]] = value
-            else:
-                try:
-                    r[key] = float(value)
-                except ValueError:
-                    r[key] = None  # "failed", "n/a"
+    R = Results(results_path)
+    meta = R.meta
+    rounds = R.count("rounds")
+    variants = R.words("variants", "sluice")
+    tcp = R.words("tcp_targets") or ["direct", *variants, "haproxy", "nginx"]
+    idle_sizes = R.words("idle_conns")
 
-    def g(k):
-        return r.get(k)
+    def names(ts):
+        return " ".join(ts)
 
-    tcp_targets = ["direct", "sluice", "haproxy", "nginx"]
+    def variant_extra(v):
+        extra = meta.get(f"variant.{v}")
+        return f"`{extra.replace(';', '; ')}`" if extra else "defaults"
+
     md = [
         "# sluice benchmark",
         "",
-        f"- date: {meta.get('date', '?')}",
+        f"- date: {meta.get('date', '?')}; the run took {meta.get('duration', '?')}",
         f"- machine: {meta.get('nproc', '?')} CPUs, {meta.get('cpu', '?')}, kernel {meta.get('kernel', '?')}",
-        f"- sluice: `{meta.get('sluice', '?')}`",
+        f"- sluice: `{meta.get('sluice', '?')}`; variants, each with its own listeners in the one sluice process: "
+        + "; ".join(f"{v} ({variant_extra(v)})" for v in variants),
         f"- HAProxy: `{meta.get('haproxy', '?')}` (nbthread 1, SRV via `resolvers`, `option splice-auto`)",
         f"- nginx: `{meta.get('nginx', '?')}` (worker_processes 1, stream module, static upstreams)",
-        f"- redis: `{meta.get('redis', '?')}`; iperf3: `{meta.get('iperf3', '?')}`; BIND: `{meta.get('named', '?')}`",
+        f"- redis: `{meta.get('redis', '?')}`; iperf3: `{meta.get('iperf3', '?')}`; BIND: `{meta.get('named', '?')}`; "
+        f"`{meta.get('strace', '?')}`",
         f"- pinning: proxies on CPU {meta.get('proxy_cpu', '?')} (`taskset`); load generators, backends and "
         f"BIND on CPU {meta.get('load_cpu', '?')}. \"direct\" = client straight to the backend, no proxy.",
-        f"- everything on loopback, one run of `bench/run.sh`; {meta.get('params', '')}",
+        f"- method: everything on loopback; every comparison ran **{plural(rounds, 'round')}**, and round r took the "
+        f"targets in their order rotated by r (round 1: {names(tcp)}; round 2: {names(tcp[1:] + tcp[:1])}; …), "
+        "so no target always ran first or last. Each cell is the **median (min–max)** over the rounds "
+        "(one number when the spread rounds away, `k of n` when only k rounds gave a number); "
+        "ratios are of medians.",
+        f"- {meta.get('params', '')}",
         "",
         "## TCP",
         "",
-        "| | direct | sluice | haproxy | nginx | sluice/haproxy |",
-        "|---|---:|---:|---:|---:|---:|",
     ]
-
-    def row(label, key, digits=0):
-        vals = [g(f"{t}.{key}") for t in tcp_targets]
-        cells = [fnum(v, digits) for v in vals]
-        md.append(f"| {label} | " + " | ".join(cells) + f" | {ratio(vals[1], vals[2])} |")
-
-    def row_pair(label, k1, k2, digits=3):
-        cells, ratios = [], []
-        for t in tcp_targets:
-            cells.append(f"{fnum(g(f'{t}.{k1}'), digits)} / {fnum(g(f'{t}.{k2}'), digits)}")
-        ratios = f"{ratio(g(f'sluice.{k1}'), g(f'haproxy.{k1}'))} / {ratio(g(f'sluice.{k2}'), g(f'haproxy.{k2}'))}"
-        md.append(f"| {label} | " + " | ".join(cells) + f" | {ratios} |")
-
-    row("redis PING ops/s (50 connections)", "ping.rps")
-    row_pair("redis PING p50 / p99 ms", "ping.p50", "ping.p99")
-    row("redis GET ops/s", "get.rps")
-    row_pair("redis GET p50 / p99 ms", "get.p50", "get.p99")
-    row("new connections/s (redis-benchmark -k 0)", "newconn.rps")
-    row("iperf3 single stream Gbit/s", "iperf.gbps", 2)
-    row("RSS per idle proxied connection, KB", "rss.per_conn_kb", 1)
-    row("proxy RSS before idle test, MB", "rss.base_mb", 1)
+    ref = [("haproxy", "haproxy"), ("direct", "direct")]
+    header = [""] + tcp + [f"{v} ÷ {r}" for v in variants for r, _ in ref]
+    rows = [
+        ("redis PING ops/s (50 connections)", "ping.rps", 0, rounds),
+        ("redis GET ops/s", "get.rps", 0, rounds),
+        ("redis PING p99 ms", "ping.p99", 3, rounds),
+        ("redis GET p99 ms", "get.p99", 3, rounds),
+        ("new connections/s (redis-benchmark -k 0)", "newconn.rps", 0, rounds),
+        ("iperf3 single stream Gbit/s", "iperf.gbps", 2, rounds),
+        *((f"RSS per idle proxied connection, KB ({int(n):,} idle)", f"rss.per_conn_kb.{n}", 1, rounds)
+          for n in idle_sizes),
+        ("proxy RSS before the idle connections, MB", "rss.base_mb", 1, None),
+    ]
+    body = []
+    for label, key, digits, expect in rows:
+        line = [label] + [R.cell(f"{t}.{key}", digits, expect) for t in tcp]
+        line += [ratio(R.median(f"{v}.{key}"), R.median(f"{r}.{key}")) for v in variants for r, _ in ref]
+        body.append(line)
+    md += table(header, body)
     md += [
         "",
-        "Ratios are sluice ÷ HAProxy: above 1 is better for ops/s, conn/s and Gbit/s, worse for latency and RSS.",
-        "",
-        "## Discovery",
-        "",
-        "| | sluice | haproxy | sluice/haproxy |",
-        "|---|---:|---:|---:|",
+        "Ratios: above 1 is better for ops/s, conn/s and Gbit/s, worse for latency and RSS. The sluice "
+        "variants share one process, so their base RSS is the same.",
     ]
-    s_med, h_med = g("sluice.propagation.median_ms"), g("haproxy.propagation.median_ms")
-    spread = lambda t: f"{fnum(g(f'{t}.propagation.min_ms'))}–{fnum(g(f'{t}.propagation.max_ms'))}"
-    md.append(
-        f"| new instance → first connection on it, ms (median of {meta.get('propagation_rounds', '?')}; "
-        f"min–max) | {fnum(s_med)} ({spread('sluice')}) | {fnum(h_med)} ({spread('haproxy')}) | "
-        f"{ratio(s_med, h_med)} |"
+    for n in idle_sizes:
+        if meta.get(f"idle_skipped.{n}"):
+            md.append(f"RSS with {int(n):,} idle connections: not measured, {meta[f'idle_skipped.{n}']} "
+                      "(raise the hard limit: `ulimit -Hn`, `LimitNOFILE=`, `docker run --ulimit nofile=`).")
+
+    md += ["", "## PROXY protocol cost", ""]
+    md += table(
+        ["", "plain", "PROXY v2", "v2 ÷ plain"],
+        [["new connections/s, client → sluice → nginx → redis", R.cell("pp.plain.newconn.rps", 0, rounds),
+          R.cell("pp.v2.newconn.rps", 0, rounds), ratio(R.median("pp.v2.newconn.rps"), R.median("pp.plain.newconn.rps"))]],
     )
-    s_q, h_q = g("sluice.dns_qps_per_name"), g("haproxy.dns_qps_per_name")
-    md.append(f"| SRV queries per name per second (polling rate) | {fnum(s_q, 2)} | {fnum(h_q, 2)} | {ratio(s_q, h_q)} |")
-    md.append(
-        f"| {meta.get('scale', '1000×10')} services×instances, refresh 1s: CPU % of one core | "
-        f"{fnum(g('scale.cpu_percent'), 1)} | – | – |"
-    )
-    md.append(f"| … successful SRV lookups/s during that time | {fnum(g('scale.lookups_per_sec'))} | – | – |")
-    md.append(f"| … RSS, MB | {fnum(g('scale.rss_mb'), 1)} | – | – |")
     md += [
         "",
-        "Propagation: the clock starts when nsupdate has returned; probes open a fresh connection through",
-        "each proxy every ~2 ms until one reaches the new redis instance; the update lands at a random point",
-        "of the 1 s polling cycles. Polling rate: sluice's from the scale run, HAProxy's from `show resolvers`",
-        "during the propagation rounds.",
+        "sluice listeners with static backends: one with `proxy_protocol = \"v2\"` in front of an nginx stream "
+        "server `listen ... proxy_protocol`, one without in front of a plain one; same redis-benchmark as "
+        "new connections/s, the two alternating first.",
+    ]
+    if meta.get("pp", "ok") != "ok":
+        md.append(f"Not measured: this sluice refuses the PROXY protocol listeners ({meta['pp']}).")
+
+    strace_targets = R.words("strace_targets")
+    md += ["", f"## Syscalls per proxied connection (strace -c -f, {meta.get('strace_conns', '?')} new connections)", ""]
+    per = {t: {k.split(".", 2)[2]: R.median(k) for k in R.values if k.startswith(f"{t}.syscalls.")}
+           for t in strace_targets}
+    top = set()
+    for t in strace_targets:
+        calls = sorted((sc for sc in per[t] if sc not in ("total", "conns")), key=lambda sc: -per[t][sc])
+        top.update(calls[:8])
+    order = sorted(top, key=lambda sc: -max(per[t].get(sc) or 0 for t in strace_targets))
+    body = [["**total**"] + [f"**{fnum(per[t].get('total'), 2)}**" for t in strace_targets]]
+    body += [[f"`{sc}`"] + [fnum(per[t].get(sc, 0.0), 2) for t in strace_targets] for sc in order]
+
+    def other(t):
+        total = per[t].get("total")
+        return None if total is None else total - sum(per[t].get(sc) or 0 for sc in order)
+
+    body.append(["other"] + [fnum(other(t), 2) for t in strace_targets])
+    body.append(["connections counted"] + [fnum(per[t].get("conns")) for t in strace_targets])
+    md += table(["syscalls per connection"] + strace_targets, body)
+    md += [
+        "",
+        "Every thread of the proxy traced while redis-benchmark -k 0 -c 10 ping_mbulk runs; calls divided by "
+        "the connections the backend received. Background work in that window (sluice's and HAProxy's DNS "
+        "polling, timers) is included; it is small against thousands of connections. Not a timing measure: "
+        "run once, unpinned.",
+    ]
+
+    prop = R.words("propagation_targets") or [variants[0], "haproxy"]
+    others = [t for t in prop if t != "haproxy"]
+    prop_rounds = R.count("propagation_rounds")
+    scale_rounds = R.count("scale_rounds")
+    md += ["", "## Discovery", ""]
+    header = [""] + prop + [f"{t} ÷ haproxy" for t in others]
+
+    def drow(label, cells, meds):
+        return [label] + cells + [ratio(meds.get(t), meds.get("haproxy")) for t in others]
+
+    def only_first(key, digits):
+        return [R.cell(key, digits, scale_rounds) if i == 0 else "–" for i in range(len(prop))]
+
+    qps_key = {t: ("scale.dns_qps_per_name" if i == 0 else f"{t}.dns_qps_per_name") for i, t in enumerate(prop)}
+    body = [
+        drow(f"new instance → first connection on it, ms ({plural(prop_rounds, 'round')})",
+             [R.cell(f"{t}.propagation.add.ms", 0, prop_rounds) for t in prop],
+             {t: R.median(f"{t}.propagation.add.ms") for t in prop}),
+        drow(f"deregistered instance → no new connection on it, ms ({plural(prop_rounds, 'round')})",
+             [R.cell(f"{t}.propagation.del.ms", 0, prop_rounds) for t in prop],
+             {t: R.median(f"{t}.propagation.del.ms") for t in prop}),
+        drow("SRV queries per name per second (polling rate)",
+             [R.cell(qps_key[t], 2) for t in prop], {t: R.median(qps_key[t]) for t in prop}),
+        [f"{meta.get('scale', '1000×10')} services×instances, refresh 1s: CPU % of one core "
+         f"({plural(scale_rounds, 'round')} of {meta.get('scale_seconds', '?')} s)"]
+        + only_first("scale.cpu_percent", 1) + ["–"] * len(others),
+        ["… successful SRV lookups/s during that time"] + only_first("scale.lookups_per_sec", 0) + ["–"] * len(others),
+        ["… RSS, MB"] + only_first("scale.rss_mb", 1) + ["–"] * len(others),
+    ]
+    md += table(header, body)
+    md += [
+        "",
+        "Propagation: sluice and HAProxy poll SRV records (refresh 1 s, BIND as Consul's DNS interface);",
+        "sluice-consul is sluice with `discovery = \"consul\"`, watching the Consul HTTP API stand-in with",
+        "blocking queries. Each proxy's clock starts when its registry's change has returned (nsupdate, or the",
+        "`/v1/agent/service/register` PUT); probes open a fresh connection through each proxy every ~2 ms and",
+        "count from when the first that lands on the new instance was sent (removal: the first of "
+        f"{GONE_AFTER} in a row that miss it). Each change lands at a random point of the 1 s polling cycles. Cells: "
+        "median (min–max). Polling rate: sluice's from the scale run, HAProxy's from `show resolvers` during the "
+        "propagation rounds.",
         "",
         "## UDP (echo, 8 client flows × 8 datagrams in flight, 64-byte payloads)",
         "",
         "HAProxy has no UDP proxying, so it is not in this table.",
         "",
-        "| | direct | sluice | nginx | sluice/nginx |",
-        "|---|---:|---:|---:|---:|",
     ]
-    for label, key, d in [
+    udp = ["direct", "sluice", "nginx"]
+    body = []
+    for label, key, digits in [
         ("datagrams/s", "udp.dps", 0),
         ("p50 µs", "udp.p50_us", 1),
         ("p99 µs", "udp.p99_us", 1),
         ("lost", "udp.lost", 0),
     ]:
-        vals = [g(f"{t}.{key}") for t in ("direct", "sluice", "nginx")]
-        md.append(f"| {label} | " + " | ".join(fnum(v, d) for v in vals) + f" | {ratio(vals[1], vals[2])} |")
+        body.append([label] + [R.cell(f"{t}.{key}", digits, rounds) for t in udp]
+                    + [ratio(R.median(f"sluice.{key}"), R.median(f"{r}.{key}")) for r in ("nginx", "direct")])
+    md += table([""] + udp + ["sluice ÷ nginx", "sluice ÷ direct"], body)
     flows = meta.get("flood_max_flows", "?")
+    g = R.median
     md += [
         "",
         f"UDP flood: {fnum(g('sluice.flood.sources'))} datagrams from as many source addresses into a sluice",
@@ -340,26 +574,13 @@ def render(results_path, out_path):
         f"{fnum(g('sluice.flood.rss_before_mb'), 1)} MB before, {fnum(g('sluice.flood.rss_after_mb'), 1)} MB after",
         f"({fnum(g('sluice.flood.kb_per_flow'), 2)} KB per tracked flow; the table stays at max_flows).",
     ]
-    failed = sorted(k for k, v in r.items() if v is None)
-    if failed:
-        md += ["", "Not measured (step failed, see the log): " + ", ".join(k.removeprefix("failed.") for k in failed)]
+    if R.failed:
+        md += ["", "Failed steps (see the log): " + ", ".join(
+            name + (f" ({n} rounds)" if n > 1 else "") for name, n in sorted(R.failed.items()))]
     text = "\n".join(md) + "\n"
     with open(out_path, "w") as f:
         f.write(text)
     print(text)
-
-
-def median_ms(path_glob_dir, name):
-    """median min max of NAME over the propagation round files in a directory."""
-    values = []
-    for fn in sorted(os.listdir(path_glob_dir)):
-        with open(os.path.join(path_glob_dir, fn)) as f:
-            v = json.load(f).get(name)
-        if v is not None:
-            values.append(v)
-    if not values:
-        sys.exit(f"no propagation measured for {name}")
-    print(statistics.median(values), min(values), max(values))
 
 
 COMMANDS = {
@@ -370,11 +591,13 @@ COMMANDS = {
     "json-get": json_get,
     "idle-conns": idle_conns,
     "propagate": propagate,
-    "propagation-stats": median_ms,
+    "consul-register": consul_register,
     "scale-nsupdate": scale_nsupdate,
     "scale-config": scale_config,
     "lookups": lookups,
     "haproxy-sent": haproxy_sent,
+    "variants": variants,
+    "strace-summary": strace_summary,
     "render": render,
 }
 

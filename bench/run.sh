@@ -1,20 +1,46 @@
 #!/usr/bin/env bash
-# One command, one run, side by side on loopback: direct vs sluice vs HAProxy 2.6
-# vs nginx stream, for redis (redis-benchmark), bulk TCP (iperf3), idle
-# connection memory, DNS SRV discovery and UDP echo. Writes bench/RESULTS.md
-# and prints it.
+# Side by side on loopback: direct vs sluice (one or more variants) vs
+# HAProxy 2.6 vs nginx stream, for redis (redis-benchmark), new connections,
+# bulk TCP (iperf3), idle connection memory, UDP echo, the PROXY protocol's
+# cost, syscalls per connection, DNS SRV discovery and a 1000-service scale
+# run. Writes bench/RESULTS.md and prints it.
 #
 #   bash bench/run.sh              # builds sluice + the udpload example first
 #   SKIP_BUILD=1 bash bench/run.sh # use the binaries already in target/release
-#   KEEP=1 ...                     # keep the temp dir (configs, logs) afterwards
+#   KEEP=1 ...                     # keep the temp dir (configs, logs, raw results) afterwards
 #   ONLY='scale|UDP' ...           # only the steps whose names match this regex
 #
-# Sizes can be turned down for a quick try, e.g. REQUESTS=20000 CONNS=5000
-# IPERF_SECONDS=2 SCALE_SERVICES=100 SCALE_SECONDS=5 UDP_SECONDS=2.
+# Rounds: one run is not trustworthy here (±20% run to run), so every
+# comparison (redis, new connections, iperf3, UDP echo, idle RSS, PROXY
+# protocol) runs ROUNDS rounds, and round r takes the targets in their order
+# rotated by r (round 0: direct sluice haproxy nginx, round 1: sluice haproxy
+# nginx direct, ...), so no target always goes first or last. RESULTS.md
+# reports each cell as median (min–max) over the rounds; ratios are of medians.
 #
-# Pinning: the proxies run on PROXY_CPU (0), everything else (load
-# generators, backends, BIND) on LOAD_CPU (1). So a proxy gets one core to
-# itself and competes with no one; "direct" runs client and server on one core.
+# Knobs (environment; defaults in brackets):
+#   ROUNDS [5]              rounds of every comparison
+#   SLUICE_VARIANTS         ["sluice:"] space-separated NAME:EXTRA; EXTRA is TOML
+#                           lines separated by ';', added to the variant's own redis
+#                           and iperf listeners (all in the one sluice process), e.g.
+#                           'sluice: sluice-copy:splice = false'
+#   REQUESTS [200000]       redis-benchmark -n for PING/GET (50 connections)
+#   CONNS [50000]           redis-benchmark -n for new connections/s (and PROXY protocol)
+#   IPERF_SECONDS [5]       UDP_SECONDS [5]
+#   IDLE_CONNS ["2000 10000"]  idle connections held for the RSS measure (each size
+#                           needs 2×N descriptors in a proxy: sizes beyond the
+#                           open-file hard limit are skipped and say so)
+#   STRACE_CONNS [2000]     new connections under strace -c (syscalls per connection)
+#   PROPAGATION_ROUNDS [10] SCALE_ROUNDS [3] SCALE_SERVICES [1000] SCALE_INSTANCES [10]
+#   SCALE_SECONDS [20]      FLOOD_SOURCES [100000] FLOOD_MAX_FLOWS [10000]
+#   PROXY_CPU [0] LOAD_CPU [1]
+#
+# A quick try: ROUNDS=2 REQUESTS=5000 CONNS=2000 IPERF_SECONDS=1 IDLE_CONNS="200 500"
+# SCALE_SERVICES=50 SCALE_SECONDS=3 SCALE_ROUNDS=1 UDP_SECONDS=1 FLOOD_SOURCES=2000
+# PROPAGATION_ROUNDS=2.
+#
+# Pinning: the proxies run on PROXY_CPU, everything else (load generators,
+# backends, BIND) on LOAD_CPU. So a proxy gets one core to itself and
+# competes with no one; "direct" runs client and server on one core.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,26 +48,40 @@ cd "$REPO"
 
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-REQUESTS=${REQUESTS:-200000}          # redis-benchmark -n for PING/GET
-CONNS=${CONNS:-50000}                 # redis-benchmark -n for new connections/s
+ROUNDS=${ROUNDS:-5}
+SLUICE_VARIANTS=${SLUICE_VARIANTS:-sluice:}
+REQUESTS=${REQUESTS:-200000}
+CONNS=${CONNS:-50000}
 IPERF_SECONDS=${IPERF_SECONDS:-5}
-IDLE_CONNS=${IDLE_CONNS:-2000}
+IDLE_CONNS=${IDLE_CONNS:-2000 10000}
+STRACE_CONNS=${STRACE_CONNS:-2000}
 PROPAGATION_ROUNDS=${PROPAGATION_ROUNDS:-10}
+SCALE_ROUNDS=${SCALE_ROUNDS:-3}
 SCALE_SERVICES=${SCALE_SERVICES:-1000}
 SCALE_INSTANCES=${SCALE_INSTANCES:-10}
 SCALE_SECONDS=${SCALE_SECONDS:-20}
 UDP_SECONDS=${UDP_SECONDS:-5}
-FLOOD_SOURCES=${FLOOD_SOURCES:-100000}  # distinct UDP sources in the flood step
+FLOOD_SOURCES=${FLOOD_SOURCES:-100000}
 FLOOD_MAX_FLOWS=${FLOOD_MAX_FLOWS:-10000}
 
 SLUICE=${SLUICE:-$REPO/target/release/sluice}    # overridable, e.g. to try another build
 UDPLOAD=${UDPLOAD:-$REPO/target/release/examples/udpload}
+CONSUL_STANDIN=$REPO/target/release/examples/consul-standin
 HELPERS=$REPO/bench/helpers.py
 NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { echo "bench/run.sh: $*" >&2; exit 1; }
 on_load_cpu() { taskset -c "$LOAD_CPU" "$@"; }
 helper() { python3 "$HELPERS" "$@"; }
+
+for knob in ROUNDS REQUESTS CONNS IPERF_SECONDS STRACE_CONNS PROPAGATION_ROUNDS SCALE_ROUNDS \
+  SCALE_SERVICES SCALE_INSTANCES SCALE_SECONDS FLOOD_SOURCES FLOOD_MAX_FLOWS; do
+  [[ ${!knob} =~ ^[1-9][0-9]*$ ]] || die "$knob must be a positive integer, not '${!knob}'"
+done
+read -ra IDLE_SIZES <<<"$IDLE_CONNS"
+for n in "${IDLE_SIZES[@]}"; do [[ $n =~ ^[1-9][0-9]*$ ]] || die "IDLE_CONNS: '$n' is not a count"; done
+
 
 # ------------------------------------------------------------------ setup
 
@@ -55,6 +95,7 @@ install_deps() {
   { command -v redis-benchmark && command -v redis-cli; } >/dev/null || need+=(redis-tools)
   command -v named >/dev/null || need+=(bind9)
   { command -v nsupdate && command -v dig; } >/dev/null || need+=(bind9-dnsutils)
+  command -v strace >/dev/null || need+=(strace)
   command -v python3 >/dev/null || need+=(python3)
   command -v taskset >/dev/null || need+=(util-linux)
   ((${#need[@]})) || return 0
@@ -70,10 +111,11 @@ build() {
     log "SKIP_BUILD=1: using the binaries in target/release"
   else
     log "cargo build --release"
-    cargo build --release --locked --bin sluice --example udpload
+    cargo build --release --locked --bin sluice --example udpload --example consul-standin
   fi
-  [ -x "$SLUICE" ] || { echo "missing $SLUICE" >&2; exit 1; }
-  [ -x "$UDPLOAD" ] || { echo "missing $UDPLOAD" >&2; exit 1; }
+  [ -x "$SLUICE" ] || die "missing $SLUICE"
+  [ -x "$UDPLOAD" ] || die "missing $UDPLOAD"
+  [ -x "$CONSUL_STANDIN" ] || die "missing $CONSUL_STANDIN"
 }
 
 T=$(mktemp -d /tmp/sluice-bench.XXXXXX)
@@ -114,7 +156,8 @@ spawn() {
   track "$SPAWNED"
 }
 
-# record KEY VALUE: one result, read by `helpers.py render`.
+# record KEY VALUE: one result, read by `helpers.py render`. A key measured
+# in several rounds is recorded once per round; render takes the median.
 record() { printf '%s\t%s\n' "$1" "$2" >>"$RESULTS"; }
 
 # step NAME CMD...: run one measurement in a background subshell (so `set -e`
@@ -133,10 +176,27 @@ step() {
   STEP_PID=
 }
 
-# Ports for everything, picked once, below the ephemeral range (see helpers.py).
-read -ra PORTS <<<"$(helper free-ports $((20 + PROPAGATION_ROUNDS + SCALE_SERVICES)))"
-PORT_INDEX=0
-take_port() { printf -v "$1" '%s' "${PORTS[PORT_INDEX]}"; PORT_INDEX=$((PORT_INDEX + 1)); }
+# rotate R WORD...: the words, one a line, rotated left by R.
+rotate() {
+  local r=$1; shift
+  local words=("$@") i
+  for ((i = 0; i < $#; i++)); do printf '%s\n' "${words[(i + r) % $#]}"; done
+}
+
+# rounds LABEL TARGETS_ARRAY FN [ARG...]: ROUNDS rounds of the step
+# `FN ARG... TARGET` for every target of the named array; round r takes the
+# targets rotated by r. ROUND (0-based) is set for the measurement.
+rounds() {
+  local label=$1 fn=$3 r t
+  local -n targets_=$2
+  shift 3
+  for ((r = 0; r < ROUNDS; r++)); do
+    ROUND=$r
+    for t in $(rotate "$r" "${targets_[@]}"); do
+      step "$label: $t [round $((r + 1))/$ROUNDS]" "$fn" "$@" "$t"
+    done
+  done
+}
 
 wait_tcp() {  # wait_tcp PORT: until something accepts on 127.0.0.1:PORT (10 s)
   for _ in $(seq 200); do
@@ -152,6 +212,22 @@ wait_redis() {  # wait_redis PORT: until a PING through it gets PONG (15 s)
     sleep 0.1
   done
   echo "no PONG through 127.0.0.1:$1" >&2; return 1
+}
+
+# redis_info FIELD: a field of the backend redis's INFO (connected_clients,
+# total_connections_received, ...). The asking connection counts itself.
+redis_info() { redis-cli -p "$REDIS_PORT" info | tr -d '\r' | sed -n "s/^$1://p"; }
+
+# wait_redis_clients N: until the backend has at most N clients (30 s): the
+# proxy has closed the backend side of the connections just closed.
+wait_redis_clients() {
+  local now
+  for _ in $(seq 300); do
+    now=$(redis_info connected_clients)
+    [ "$now" -le "$1" ] && return 0
+    sleep 0.1
+  done
+  echo "   (the backend still has $now clients, not $1)" >&2
 }
 
 dns() { integration/consul-dns.sh "$1" "$T/dns" "${@:2}"; }
@@ -174,12 +250,36 @@ rss_kb() {
 # name in field 2 may contain spaces, so cut everything up to ") " first.
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 
+max() { local m=$1 v; for v in "$@"; do ((v > m)) && m=$v; done; echo "$m"; }
+
 # ------------------------------------------------------------ processes
 
+# Every port, picked once in the main shell (take_port in a step's subshell
+# would not advance), below the ephemeral range (see helpers.py).
+allocate_ports() {
+  local v p
+  read -ra PORTS <<<"$(helper free-ports $((26 + 2 * ${#VARIANTS[@]} + PROPAGATION_ROUNDS + SCALE_SERVICES)))"
+  PORT_INDEX=0
+  take_port REDIS_PORT; take_port IPERF_PORT; take_port ECHO_PORT; take_port DNS_PORT
+  take_port SL_UDP; take_port SL_FLOOD; take_port SL_PP_V2; take_port SL_PP_PLAIN
+  take_port CONSUL_PORT; take_port SL_CONSUL_REDIS
+  for v in "${VARIANTS[@]}"; do
+    take_port p; SL_REDIS[$v]=$p
+    take_port p; SL_IPERF[$v]=$p
+  done
+  take_port HP_REDIS; take_port HP_IPERF
+  take_port NG_REDIS; take_port NG_IPERF; take_port NG_UDP; take_port NG_PP; take_port NG_PLAIN
+  PROPAGATION_PORTS=() SCALE_PORTS=()
+  for _ in $(seq "$PROPAGATION_ROUNDS"); do take_port p; PROPAGATION_PORTS+=("$p"); done
+  take_port SCALE_METRICS_PORT
+  for _ in $(seq "$SCALE_SERVICES"); do take_port p; SCALE_PORTS+=("$p"); done
+}
+take_port() { printf -v "$1" '%s' "${PORTS[PORT_INDEX]}"; PORT_INDEX=$((PORT_INDEX + 1)); }
+declare -A SL_REDIS=() SL_IPERF=()
+
 start_backends() {
-  take_port REDIS_PORT; take_port IPERF_PORT; take_port ECHO_PORT
   spawn "$LOAD_CPU" "$T/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
-    --save '' --appendonly no --daemonize no --dir "$T" --maxclients 10000
+    --save '' --appendonly no --daemonize no --dir "$T" --maxclients "$(max 10000 $((IDLE_MAX + 1000)))"
   spawn "$LOAD_CPU" "$T/iperf3-server.log" iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT"
   spawn "$LOAD_CPU" "$T/udpecho.log" "$UDPLOAD" echo "127.0.0.1:$ECHO_PORT"
   wait_tcp "$REDIS_PORT"; wait_tcp "$IPERF_PORT"
@@ -187,27 +287,47 @@ start_backends() {
 
 # BIND as Consul's DNS interface; SRV records for the three backends.
 start_dns() {
-  take_port DNS_PORT
   on_load_cpu integration/consul-dns.sh start "$T/dns" "$DNS_PORT"
   dns add redis redis1 127.0.0.1 "$REDIS_PORT"
   dns add iperf iperf1 127.0.0.1 "$IPERF_PORT"
   dns add udpecho udpecho1 127.0.0.1 "$ECHO_PORT"
 }
 
-start_sluice() {
-  take_port SL_REDIS; take_port SL_IPERF; take_port SL_UDP; take_port SL_FLOOD
-  cat >"$T/sluice.toml" <<EOF
+# The stand-in for Consul's HTTP API (integration/consul_standin.rs), with
+# the redis backend registered, for the sluice listener that watches it.
+start_consul() {
+  spawn "$LOAD_CPU" "$T/consul.log" "$CONSUL_STANDIN" "$CONSUL_PORT"
+  wait_tcp "$CONSUL_PORT"
+  helper consul-register "$CONSUL_PORT" redis1 redis 127.0.0.1 "$REDIS_PORT"
+}
+
+# tcp_listener NAME PORT LINES: a [listeners.NAME] table bound to
+# 127.0.0.1:PORT, with LINES (TOML, separated by ';', empty ones skipped).
+tcp_listener() {
+  local line lines
+  printf '\n[listeners.%s]\nbind = "127.0.0.1:%s"\n' "$1" "$2"
+  IFS=';' read -ra lines <<<"$3"
+  for line in "${lines[@]}"; do
+    if [ -n "$line" ]; then echo "$line"; fi
+  done
+}
+
+# sluice_toml WITH_NEW: the one sluice process's configuration: per variant a
+# redis and an iperf listener (its extra lines appended), the UDP listeners,
+# and with WITH_NEW=1 the listeners that need a recent sluice: the two of the
+# PROXY protocol step, and redis through Consul's HTTP API (propagation step).
+sluice_toml() {
+  local v maxconn="" default
+  # sluice's default max_connections, a quarter of its descriptors (10000 at
+  # most), must not cap the idle step.
+  default=$(((NOFILE - 256) / 4))
+  default=$((default > 10000 ? 10000 : default))
+  ((IDLE_MAX + 100 <= default)) || maxconn="max_connections = $((IDLE_MAX + 100))"
+  [ "$1" = 1 ] && echo "consul = \"127.0.0.1:$CONSUL_PORT\""
+  cat <<EOF
 dns = "127.0.0.1:$DNS_PORT"
 refresh = "1s"
 shutdown_grace = "1s"
-
-[listeners.redis]
-bind = "127.0.0.1:$SL_REDIS"
-service = "redis"
-
-[listeners.iperf]
-bind = "127.0.0.1:$SL_IPERF"
-service = "iperf"
 
 [listeners.udpecho]
 bind = "127.0.0.1:$SL_UDP"
@@ -220,21 +340,54 @@ protocol = "udp"
 service = "udpecho"
 max_flows = $FLOOD_MAX_FLOWS
 EOF
-  "$SLUICE" --check --config "$T/sluice.toml"
-  spawn "$PROXY_CPU" "$T/sluice.log" "$SLUICE" --config "$T/sluice.toml"
-  SLUICE_PID=$SPAWNED
-  wait_tcp "$SL_REDIS"
+  for v in "${VARIANTS[@]}"; do
+    tcp_listener "redis-$v" "${SL_REDIS[$v]}" "service = \"redis\";$maxconn;${VARIANT_EXTRA[$v]}"
+    tcp_listener "iperf-$v" "${SL_IPERF[$v]}" "service = \"iperf\";${VARIANT_EXTRA[$v]}"
+  done
+  if [ "$1" = 1 ]; then
+    # PROXY protocol cost: sluice → nginx (reading the header, or not) → redis.
+    tcp_listener pp-v2 "$SL_PP_V2" "backends = [\"127.0.0.1:$NG_PP\"];proxy_protocol = \"v2\""
+    tcp_listener pp-plain "$SL_PP_PLAIN" "backends = [\"127.0.0.1:$NG_PLAIN\"]"
+    tcp_listener redis-consul "$SL_CONSUL_REDIS" "service = \"redis\";discovery = \"consul\""
+  fi
 }
 
+# Sets NEW_OK=1 if this sluice takes the listeners of a recent sluice
+# (sluice_toml), else 0 and NEW_WHY; a configuration refused without them (a
+# bad variant) stops the run.
+start_sluice() {
+  sluice_toml 1 >"$T/sluice.toml"
+  if "$SLUICE" --check --config "$T/sluice.toml" >"$T/sluice-check.log" 2>&1; then
+    NEW_OK=1
+  else
+    NEW_OK=0
+    # shellcheck disable=SC2016  # the backquotes are sluice's, in its message
+    NEW_WHY=$(grep -m1 -o 'unknown field `[a-z_]*`' "$T/sluice-check.log" || sed -n '$p' "$T/sluice-check.log")
+    sluice_toml 0 >"$T/sluice.toml"
+    "$SLUICE" --check --config "$T/sluice.toml" || die "sluice refuses $T/sluice.toml (SLUICE_VARIANTS?)"
+    log "this sluice refuses the PROXY protocol and Consul listeners ($NEW_WHY): they will be skipped"
+  fi
+  spawn "$PROXY_CPU" "$T/sluice.log" "$SLUICE" --config "$T/sluice.toml"
+  SLUICE_PID=$SPAWNED
+  local v
+  for v in "${VARIANTS[@]}"; do wait_tcp "${SL_REDIS[$v]}"; done
+}
+
+# (HP_* and NG_* ports are set by allocate_ports, through take_port.)
 # HAProxy follows the SRV records itself (server-template + resolvers), the
 # way one would run it against Consul without a config templater.
+# shellcheck disable=SC2153
 start_haproxy() {
-  take_port HP_REDIS; take_port HP_IPERF
   local srv_opts="resolvers consul init-addr none resolve-prefer ipv4"
+  local maxconn
+  maxconn=$(max 6000 $((IDLE_MAX + 100)))
   cat >"$T/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 6000
+    maxconn $maxconn
+    # what maxconn 6000 gives by default; fixed, so that a larger maxconn
+    # (idle step) needs no more descriptors than the 2 per connection
+    maxpipes 1500
     # only for "show resolvers" (DNS queries sent), read by the propagation step
     stats socket $T/haproxy.sock mode 600 level admin
 
@@ -244,7 +397,7 @@ defaults
     timeout connect 2s
     timeout client 10m
     timeout server 10m
-    maxconn 6000
+    maxconn $maxconn
 
 resolvers consul
     nameserver bind 127.0.0.1:$DNS_PORT
@@ -270,8 +423,8 @@ EOF
 
 # Open-source nginx cannot follow SRV records: static upstreams, as a
 # templater would write them. All files under $T/nginx (-p prefix, -e log).
+# shellcheck disable=SC2153
 start_nginx() {
-  take_port NG_REDIS; take_port NG_IPERF; take_port NG_UDP
   mkdir -p "$T/nginx"
   cat >"$T/nginx/nginx.conf" <<EOF
 load_module $NGINX_STREAM_MODULE;
@@ -280,7 +433,7 @@ daemon off;
 pid $T/nginx/nginx.pid;
 error_log $T/nginx/error.log warn;
 
-events { worker_connections 8000; }
+events { worker_connections $(max 8000 $((2 * IDLE_MAX + 1000))); }
 
 stream {
     proxy_connect_timeout 2s;
@@ -291,6 +444,10 @@ stream {
 
     server { listen 127.0.0.1:$NG_REDIS; proxy_pass redis; proxy_timeout 10m; }
     server { listen 127.0.0.1:$NG_IPERF; proxy_pass iperf; proxy_timeout 10m; }
+
+    # The backends of sluice's pp-v2 and pp-plain listeners (PROXY protocol cost).
+    server { listen 127.0.0.1:$NG_PP proxy_protocol; proxy_pass redis; proxy_timeout 10m; }
+    server { listen 127.0.0.1:$NG_PLAIN; proxy_pass redis; proxy_timeout 10m; }
 
     # One reply per datagram (echo). A client address keeps its session (its
     # upstream socket) while datagrams flow, like a sluice flow; idle 30 s ends it.
@@ -309,13 +466,15 @@ EOF
 }
 
 # ----------------------------------------------------------- measurements
+# Each takes the target's name last and finds its ports in the maps set up
+# in main (REDIS_AT, IPERF_AT, UDP_AT, PID_OF).
 
 # a. redis-benchmark PING and GET, 50 connections. -t ping runs PING_INLINE
 # and PING_MBULK; PING_MBULK (RESP, what client libraries send) is "PING".
 measure_redis() {
-  local name=$1 port=$2 out=$T/redis-$1.csv row rps p50 p99
-  on_load_cpu redis-benchmark -h 127.0.0.1 -p "$port" -c 50 -n "$REQUESTS" -t ping,get --csv \
-    >"$out" 2>"$T/redis-$name.err"
+  local name=$1 out=$T/redis-$1-$ROUND.csv row rps p50 p99
+  on_load_cpu redis-benchmark -h 127.0.0.1 -p "${REDIS_AT[$name]}" -c 50 -n "$REQUESTS" -t ping,get --csv \
+    >"$out" 2>"$out.err"
   row=$(helper redis-csv "$out" PING_MBULK)
   read -r rps p50 p99 <<<"$row"
   record "$name.ping.rps" "$rps"; record "$name.ping.p50" "$p50"; record "$name.ping.p99" "$p99"
@@ -324,52 +483,71 @@ measure_redis() {
   record "$name.get.rps" "$rps"; record "$name.get.p50" "$p50"; record "$name.get.p99" "$p99"
 }
 
-# b. New connections per second: -k 0 reconnects for every request. Only
-# ping_mbulk (plain -t ping would run inline too, doubling the connections
-# and the TIME_WAIT sockets for no extra information).
+# b. New connections per second through PORT: -k 0 reconnects for every
+# request. Only ping_mbulk (plain -t ping would run inline too, doubling the
+# connections and the TIME_WAIT sockets for no extra information).
+newconn_rps() {  # newconn_rps PORT OUT_CSV: prints the rate
+  local row
+  on_load_cpu redis-benchmark -h 127.0.0.1 -p "$1" -k 0 -c 50 -n "$CONNS" -t ping_mbulk --csv >"$2" 2>"$2.err"
+  row=$(helper redis-csv "$2" PING_MBULK)
+  echo "${row%% *}"
+}
 measure_newconn() {
-  local name=$1 port=$2 out=$T/newconn-$1.csv row rps p50 p99
-  on_load_cpu redis-benchmark -h 127.0.0.1 -p "$port" -k 0 -c 50 -n "$CONNS" -t ping_mbulk --csv \
-    >"$out" 2>"$T/newconn-$name.err"
-  row=$(helper redis-csv "$out" PING_MBULK)
-  read -r rps p50 p99 <<<"$row"
+  local name=$1 rps
+  rps=$(newconn_rps "${REDIS_AT[$name]}" "$T/newconn-$name-$ROUND.csv")
   record "$name.newconn.rps" "$rps"
   sleep 1  # let the closing sockets settle before the next target
 }
 
 # c. One iperf3 stream; the receiver's rate.
 measure_iperf() {
-  local name=$1 port=$2 out=$T/iperf-$1.json gbps
-  on_load_cpu iperf3 -c 127.0.0.1 -p "$port" -t "$IPERF_SECONDS" -J >"$out" || true  # error is in the JSON
+  local name=$1 out=$T/iperf-$1-$ROUND.json gbps
+  on_load_cpu iperf3 -c 127.0.0.1 -p "${IPERF_AT[$name]}" -t "$IPERF_SECONDS" -J >"$out" || true  # error is in the JSON
   gbps=$(helper iperf-gbps "$out")
   record "$name.iperf.gbps" "$gbps"
 }
 
 # d. Memory per idle proxied connection: proxy RSS (all its processes) before
-# and while IDLE_CONNS connections, each having carried one PING, sit idle.
+# and while N connections, each having carried one PING, sit idle. Then
+# wait until the proxy has closed their backend side too.
 measure_idle_rss() {
-  local name=$1 port=$2 pid=$3 before after ready=$T/idle-$1.ready probe
+  local n=$1 name=$2 pid=${PID_OF[$2]} ready=$T/idle-$2-$1-$ROUND.ready clients0 before after probe
+  clients0=$(redis_info connected_clients)
   before=$(rss_kb "$pid")
-  spawn "$LOAD_CPU" "$T/idle-$name.log" python3 "$HELPERS" idle-conns "$port" "$IDLE_CONNS" "$ready"
+  spawn "$LOAD_CPU" "$T/idle-$name-$n.log" python3 "$HELPERS" idle-conns "${REDIS_AT[$name]}" "$n" "$ready"
   probe=$SPAWNED
-  for _ in $(seq 600); do [ -s "$ready" ] && break; kill -0 "$probe" || break; sleep 0.1; done
-  [ -s "$ready" ] || { echo "idle connections not established" >&2; return 1; }
+  for _ in $(seq 1200); do [ -s "$ready" ] && break; kill -0 "$probe" 2>/dev/null || break; sleep 0.1; done
+  [ -s "$ready" ] || { cat "$T/idle-$name-$n.log" >&2; echo "idle connections not established" >&2; return 1; }
   sleep 1  # let the proxy settle (lazy allocations, freed handshake buffers)
   after=$(rss_kb "$pid")
   kill "$probe"; wait "$probe" 2>/dev/null || true
   record "$name.rss.base_mb" "$(awk -v b="$before" 'BEGIN {printf "%.1f", b / 1024}')"
-  record "$name.rss.per_conn_kb" "$(awk -v a="$after" -v b="$before" -v n="$IDLE_CONNS" \
+  record "$name.rss.per_conn_kb.$n" "$(awk -v a="$after" -v b="$before" -v n="$n" \
     'BEGIN {printf "%.2f", (a - b) / n}')"
-  sleep 1  # closed connections drain before the next proxy is measured
+  wait_redis_clients "$clients0"
+  sleep 1
 }
 
-# e. Discovery propagation, sluice and HAProxy at once: a new redis instance
-# that alone holds the key sluice_bench_marker is registered; helpers.py runs
-# the nsupdate itself and starts the clock when it returns, then probes both
-# proxies with fresh connections until each lands on the new instance.
+# e. Discovery propagation: a new redis instance that alone holds the key
+# sluice_bench_marker is registered in DNS (nsupdate to BIND) and in Consul
+# (the stand-in's HTTP API); helpers.py makes both changes itself, starts
+# each proxy's clock when its registry's change has returned, then probes
+# every target of PROPAGATION_TARGETS at once with fresh connections until
+# each lands on the new instance. Then the instance is deregistered, and
+# timed until each stops sending connections to it.
+#
+# To add a target: start it, add its name to PROPAGATION_TARGETS and its
+# redis listener's port to PROPAGATION_AT (in main), with `=consul` after
+# the port if it follows Consul's HTTP API rather than DNS.
+propagation_dns() {  # add|del ROUND PORT
+  integration/consul-dns.sh "$1" "$T/dns" redis "extra$2" 127.0.0.1 "$3"
+}
 measure_propagation() {
   mkdir -p "$T/propagation"
-  local round port stats jitter q0 q1 t0 t1
+  local round port jitter q0 q1 t0 t1 name change probes=()
+  for name in "${PROPAGATION_TARGETS[@]}"; do probes+=("$name=${PROPAGATION_AT[$name]}"); done
+  export T
+  export -f propagation_dns
   q0=$(helper haproxy-sent "$T/haproxy.sock" consul); t0=$(date +%s.%N)
   for round in $(seq "$PROPAGATION_ROUNDS"); do
     port=${PROPAGATION_PORTS[round - 1]}
@@ -378,16 +556,19 @@ measure_propagation() {
     local rpid=$SPAWNED
     wait_tcp "$port"
     redis-cli -p "$port" set sluice_bench_marker "new-$port" >/dev/null
-    # A random 0-1 s pause, so that the update falls at a random point of the
-    # proxies' 1 s polling cycles rather than at the same one every round.
-    printf -v jitter '0.%03d' $((RANDOM % 1000))
-    sleep "$jitter"
-    helper propagate "$T/propagation/$round.json" "new-$port" sluice="$SL_REDIS" haproxy="$HP_REDIS" \
-      -- integration/consul-dns.sh add "$T/dns" redis "extra$round" 127.0.0.1 "$port"
-    echo "   round $round: $(cat "$T/propagation/$round.json")" >&2
-    # Back to one instance; give both proxies time to drop the extra one.
-    dns del redis "extra$round" 127.0.0.1 "$port"
-    sleep 2.5
+    for change in add del; do
+      # A random 0-1 s pause, so that the change falls at a random point of
+      # the proxies' 1 s polling cycles rather than at the same one every round.
+      printf -v jitter '0.%03d' $((RANDOM % 1000))
+      sleep "$jitter"
+      helper propagate "$T/propagation/$round-$change.json" "$change" "new-$port" "$CONSUL_PORT" \
+        "extra$round" "$port" "${probes[@]}" \
+        -- bash -c 'set -euo pipefail; propagation_dns "$@"' _ "$change" "$round" "$port"
+      echo "   round $round, $change: $(cat "$T/propagation/$round-$change.json")" >&2
+      for name in "${PROPAGATION_TARGETS[@]}"; do
+        record "$name.propagation.$change.ms" "$(helper json-get "$T/propagation/$round-$change.json" "$name")"
+      done
+    done
     kill "$rpid"; wait "$rpid" 2>/dev/null || true
   done
   # HAProxy's own polling rate, to compare with sluice's (scale step): SRV
@@ -395,34 +576,31 @@ measure_propagation() {
   q1=$(helper haproxy-sent "$T/haproxy.sock" consul); t1=$(date +%s.%N)
   record haproxy.dns_qps_per_name "$(awk -v q="$((q1 - q0))" -v t0="$t0" -v t1="$t1" \
     'BEGIN {printf "%.2f", q / 2 / (t1 - t0)}')"
-  for name in sluice haproxy; do
-    stats=$(helper propagation-stats "$T/propagation" "$name")
-    read -r median min max <<<"$stats"
-    record "$name.propagation.median_ms" "$median"
-    record "$name.propagation.min_ms" "$min"
-    record "$name.propagation.max_ms" "$max"
-  done
 }
 
 # f. A second sluice following SCALE_SERVICES services × SCALE_INSTANCES
 # instances, one listener each, refresh 1s: its CPU share of one core in a
 # steady state, and how many lookups it really did meanwhile (/metrics).
-measure_scale() {
-  local metrics_port=$SCALE_METRICS_PORT ports=("${SCALE_PORTS[@]}")
+# The records are registered once; each round starts a fresh sluice.
+scale_register() {
   # SRV targets point at ports nothing listens on: no connection is made here.
   helper scale-nsupdate "$DNS_PORT" "$SCALE_SERVICES" "$SCALE_INSTANCES" 30000 >"$T/scale.nsupdate"
   nsupdate -v "$T/scale.nsupdate"   # -v: TCP, the batches are larger than a UDP datagram
   local last=$((SCALE_SERVICES - 1)) got
   got=$(dig +short +tcp @127.0.0.1 -p "$DNS_PORT" "svc$last.service.consul" SRV | wc -l)
   [ "$got" = "$SCALE_INSTANCES" ] || { echo "svc$last has $got SRV records" >&2; return 1; }
-
-  helper scale-config "$DNS_PORT" "$metrics_port" "${ports[@]}" >"$T/scale.toml"
+  helper scale-config "$DNS_PORT" "$SCALE_METRICS_PORT" "${SCALE_PORTS[@]}" >"$T/scale.toml"
   "$SLUICE" --check --config "$T/scale.toml"
-  spawn "$PROXY_CPU" "$T/scale.log" "$SLUICE" --config "$T/scale.toml"
+  touch "$T/scale.ready"
+}
+measure_scale() {
+  [ -e "$T/scale.ready" ] || { echo "the scale records are not registered" >&2; return 1; }
+  local last=$((SCALE_SERVICES - 1))
+  spawn "$PROXY_CPU" "$T/scale-$ROUND.log" "$SLUICE" --config "$T/scale.toml"
   local pid=$SPAWNED
-  wait_tcp "$metrics_port"; wait_tcp "${ports[last]}"
+  wait_tcp "$SCALE_METRICS_PORT"; wait_tcp "${SCALE_PORTS[last]}"
   sleep 5  # first lookups of every service, allocations settle
-  local url=http://127.0.0.1:$metrics_port/metrics hz t0 t1 c0 c1 l0 l1
+  local url=http://127.0.0.1:$SCALE_METRICS_PORT/metrics hz t0 t1 c0 c1 l0 l1
   hz=$(getconf CLK_TCK)
   l0=$(helper lookups "$url" ok)
   c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
@@ -433,15 +611,15 @@ measure_scale() {
     'BEGIN {printf "%.2f", 100 * c / hz / (t1 - t0)}')"
   record scale.lookups_per_sec "$(awk -v l="$((l1 - l0))" -v t0="$t0" -v t1="$t1" \
     'BEGIN {printf "%.0f", l / (t1 - t0)}')"
-  record sluice.dns_qps_per_name "$(awk -v l="$((l1 - l0))" -v t0="$t0" -v t1="$t1" -v n="$SCALE_SERVICES" \
+  record scale.dns_qps_per_name "$(awk -v l="$((l1 - l0))" -v t0="$t0" -v t1="$t1" -v n="$SCALE_SERVICES" \
     'BEGIN {printf "%.2f", l / n / (t1 - t0)}')"
   record scale.rss_mb "$(awk -v k="$(rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')"
-  kill "$pid"
+  kill "$pid"; wait "$pid" 2>/dev/null || true  # its ports are free for the next round
 }
 
 # g. UDP echo through the proxy: 8 flows, 8 datagrams in flight each.
 measure_udp() {
-  local name=$1 port=$2 out=$T/udp-$1.json row dps p50 p99 lost received
+  local name=$1 port=${UDP_AT[$1]} out=$T/udp-$1-$ROUND.json row dps p50 p99 lost received
   on_load_cpu "$UDPLOAD" load "127.0.0.1:$port" --clients 8 --window 8 --seconds "$UDP_SECONDS" --size 64 >"$out"
   row=$(helper json-get "$out" datagrams_per_sec p50_us p99_us lost received)
   read -r dps p50 p99 lost received <<<"$row"
@@ -465,7 +643,45 @@ measure_udp_flood() {
     'BEGIN {printf "%.2f", (a - b) / n}')"
 }
 
+# i. The PROXY protocol's cost: new connections/s through sluice → nginx →
+# redis, with sluice sending a v2 header (nginx `listen ... proxy_protocol`)
+# or not (a plain nginx server). KIND is plain or v2.
+measure_pp() {
+  local kind=$1 port=${PP_AT[$1]} rps
+  wait_redis "$port"  # the chain works (nginx accepts sluice's header)
+  rps=$(newconn_rps "$port" "$T/pp-$kind-$ROUND.csv")
+  record "pp.$kind.newconn.rps" "$rps"
+  sleep 1
+}
+pp_unsupported() { echo "this sluice has no PROXY protocol listeners ($NEW_WHY)" >&2; return 1; }
+
+# j. Syscalls per proxied connection: strace -c -f on the whole proxy process
+# (every thread) while STRACE_CONNS new connections pass; the connections are
+# counted at the backend (INFO total_connections_received; the two INFO
+# connections themselves taken out). Not a timing measure: once, unpinned.
+measure_syscalls() {
+  local name=$1 pid=${PID_OF[$1]} out=$T/strace-$1.txt err=$T/strace-$1.err spid c0 c1 sc v
+  c0=$(redis_info total_connections_received)
+  strace -c -f -p "$pid" -o "$out" 2>"$err" &
+  spid=$!
+  track "$spid"
+  # Whatever happens, strace lets go of the proxy before the next step.
+  trap 'kill -INT "$spid" 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do grep -q attached "$err" && break; sleep 0.05; done
+  grep -q attached "$err" || { cat "$err" >&2; return 1; }
+  sleep 0.5  # every thread attached
+  on_load_cpu redis-benchmark -h 127.0.0.1 -p "${REDIS_AT[$name]}" -k 0 -c 10 -n "$STRACE_CONNS" \
+    -t ping_mbulk -q >"$T/strace-$name.bench" 2>&1
+  c1=$(redis_info total_connections_received)
+  kill -INT "$spid"; wait "$spid" 2>/dev/null || true  # strace detaches and writes its summary
+  trap - EXIT
+  helper strace-summary "$out" $((c1 - c0 - 1)) >"$T/strace-$name.tsv"
+  while IFS=$'\t' read -r sc v; do record "$name.syscalls.$sc" "$v"; done <"$T/strace-$name.tsv"
+  record "$name.syscalls.conns" $((c1 - c0 - 1))
+}
+
 record_meta() {
+  local v
   record meta.date "$(date -u '+%Y-%m-%d %H:%M UTC')"
   record meta.nproc "$(nproc)"
   record meta.kernel "$(uname -r)"
@@ -476,56 +692,116 @@ record_meta() {
   record meta.redis "$(redis-server --version)"
   record meta.iperf3 "$(iperf3 --version | sed -n 1p)"
   record meta.named "$(named -v)"
+  record meta.strace "$(strace -V | sed -n 1p)"
   record meta.proxy_cpu "$PROXY_CPU"
   record meta.load_cpu "$LOAD_CPU"
+  record meta.rounds "$ROUNDS"
+  record meta.variants "${VARIANTS[*]}"
+  for v in "${VARIANTS[@]}"; do record "meta.variant.$v" "${VARIANT_EXTRA[$v]}"; done
+  record meta.tcp_targets "${TCP_TARGETS[*]}"
+  record meta.idle_conns "${IDLE_SIZES[*]}"
+  record meta.nofile "$NOFILE"
+  record meta.strace_targets "${STRACE_TARGETS[*]}"
+  record meta.strace_conns "$STRACE_CONNS"
+  record meta.propagation_targets "${PROPAGATION_TARGETS[*]}"
   record meta.propagation_rounds "$PROPAGATION_ROUNDS"
   record meta.scale "$SCALE_SERVICES×$SCALE_INSTANCES"
+  record meta.scale_rounds "$SCALE_ROUNDS"
+  record meta.scale_seconds "$SCALE_SECONDS"
   record meta.flood_max_flows "$FLOOD_MAX_FLOWS"
-  record meta.params "redis-benchmark -c 50 -n $REQUESTS (new conns: -k 0 -n $CONNS), iperf3 -t $IPERF_SECONDS, $IDLE_CONNS idle connections, scale CPU over ${SCALE_SECONDS}s, UDP ${UDP_SECONDS}s."
+  record meta.pp "$([ "$NEW_OK" = 1 ] && echo ok || echo "$NEW_WHY")"
+  record meta.params "redis-benchmark -c 50 -n $REQUESTS (new conns: -k 0 -n $CONNS), iperf3 -t $IPERF_SECONDS, UDP ${UDP_SECONDS}s."
 }
 
 # ------------------------------------------------------------------- main
 
 install_deps
 build
-# 2000 idle connections and 1000 listeners need more than the usual 1024 fds;
-# everything started from here on inherits this (the hard limit if lower:
-# HAProxy maxconn 6000 needs ~15k with splice pipes).
+# Sluice variants: VARIANTS (names, in order) and VARIANT_EXTRA[name] (TOML
+# lines joined by ';'). helpers.py checks the names.
+variant_lines=$(helper variants "$SLUICE_VARIANTS")
+VARIANTS=()
+declare -A VARIANT_EXTRA=()
+while IFS=$'\t' read -r name extra; do
+  VARIANTS+=("$name"); VARIANT_EXTRA[$name]=$extra
+done <<<"$variant_lines"
+# Thousands of idle connections and 1000 listeners need more than the usual
+# 1024 fds; everything started from here on inherits this (the hard limit if
+# lower). An idle-connection count N that not every proxy can hold is
+# skipped: a proxied connection takes 2 descriptors, and HAProxy refuses to
+# start unless its limit covers 2 × maxconn (N + 100) + 2 × maxpipes (1500) + 14.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+NOFILE=$(ulimit -n)
+idle_fds() { echo $((2 * $1 + 3300)); }
+IDLE_RUN=() IDLE_MAX=0
+for n in "${IDLE_SIZES[@]}"; do
+  if (($(idle_fds "$n") <= NOFILE)); then
+    IDLE_RUN+=("$n"); IDLE_MAX=$(max "$IDLE_MAX" "$n")
+  else
+    why="it needs $(idle_fds "$n") descriptors per proxy, the open-file limit here is $NOFILE"
+    log "idle RSS with $n connections skipped: $why"
+    record "meta.idle_skipped.$n" "$why"
+  fi
+done
 
-log "starting backends, BIND, sluice, HAProxy, nginx (temp dir $T)"
+allocate_ports
+log "starting backends, BIND, sluice (${VARIANTS[*]}), HAProxy, nginx (temp dir $T)"
 start_backends
 start_dns
+start_consul
 start_sluice
 start_haproxy
 start_nginx
+
+# Targets of each comparison, in round 0's order (rounds takes the arrays by name).
+TCP_TARGETS=(direct "${VARIANTS[@]}" haproxy nginx)
+# shellcheck disable=SC2034
+IDLE_TARGETS=("${VARIANTS[@]}" haproxy nginx)
+# shellcheck disable=SC2034
+UDP_TARGETS=(direct sluice nginx)
+STRACE_TARGETS=("${VARIANTS[@]}" haproxy)
+# shellcheck disable=SC2034
+PP_KINDS=(plain v2)
+declare -A REDIS_AT=([direct]=$REDIS_PORT [haproxy]=$HP_REDIS [nginx]=$NG_REDIS)
+declare -A IPERF_AT=([direct]=$IPERF_PORT [haproxy]=$HP_IPERF [nginx]=$NG_IPERF)
+declare -A PID_OF=([haproxy]=$HAPROXY_PID [nginx]=$NGINX_PID)
+declare -A UDP_AT=([direct]=$ECHO_PORT [sluice]=$SL_UDP [nginx]=$NG_UDP)
+declare -A PP_AT=([plain]=$SL_PP_PLAIN [v2]=$SL_PP_V2)
+for v in "${VARIANTS[@]}"; do
+  REDIS_AT[$v]=${SL_REDIS[$v]}; IPERF_AT[$v]=${SL_IPERF[$v]}; PID_OF[$v]=$SLUICE_PID
+done
+# Discovery propagation: every target follows the "redis" service (see e.).
+PROPAGATION_TARGETS=("${VARIANTS[0]}" haproxy)
+declare -A PROPAGATION_AT=([${VARIANTS[0]}]=${REDIS_AT[${VARIANTS[0]}]} [haproxy]=$HP_REDIS)
+if [ "$NEW_OK" = 1 ]; then
+  PROPAGATION_TARGETS=("${VARIANTS[0]}" sluice-consul haproxy)
+  PROPAGATION_AT[sluice-consul]="$SL_CONSUL_REDIS=consul"
+fi
+
 # Each proxy has found the redis backend (HAProxy resolves asynchronously).
-for port in "$REDIS_PORT" "$SL_REDIS" "$HP_REDIS" "$NG_REDIS"; do wait_redis "$port"; done
+for t in "${TCP_TARGETS[@]}"; do wait_redis "${REDIS_AT[$t]}"; done
 record_meta
 
-# Ports for the measurements that start processes of their own (taken here,
-# in the main shell: take_port in a step's subshell would not advance).
-PROPAGATION_PORTS=() SCALE_PORTS=()
-for _ in $(seq "$PROPAGATION_ROUNDS"); do take_port p; PROPAGATION_PORTS+=("$p"); done
-take_port SCALE_METRICS_PORT
-for _ in $(seq "$SCALE_SERVICES"); do take_port p; SCALE_PORTS+=("$p"); done
-
-TARGETS=(direct sluice haproxy nginx)
-declare -A REDIS_AT=([direct]=$REDIS_PORT [sluice]=$SL_REDIS [haproxy]=$HP_REDIS [nginx]=$NG_REDIS)
-declare -A IPERF_AT=([direct]=$IPERF_PORT [sluice]=$SL_IPERF [haproxy]=$HP_IPERF [nginx]=$NG_IPERF)
-declare -A PID_OF=([sluice]=$SLUICE_PID [haproxy]=$HAPROXY_PID [nginx]=$NGINX_PID)
-declare -A UDP_AT=([direct]=$ECHO_PORT [sluice]=$SL_UDP [nginx]=$NG_UDP)
-
 # Idle memory first, while the proxies are fresh (no allocator high-water mark yet).
-for t in sluice haproxy nginx; do step "idle RSS: $t" measure_idle_rss "$t" "${REDIS_AT[$t]}" "${PID_OF[$t]}"; done
-for t in "${TARGETS[@]}"; do step "redis PING/GET: $t" measure_redis "$t" "${REDIS_AT[$t]}"; done
-for t in "${TARGETS[@]}"; do step "new connections/s: $t" measure_newconn "$t" "${REDIS_AT[$t]}"; done
-for t in "${TARGETS[@]}"; do step "iperf3: $t" measure_iperf "$t" "${IPERF_AT[$t]}"; done
-for t in direct sluice nginx; do step "UDP echo: $t" measure_udp "$t" "${UDP_AT[$t]}"; done
+for n in "${IDLE_RUN[@]}"; do rounds "idle RSS ($n conns)" IDLE_TARGETS measure_idle_rss "$n"; done
+rounds "redis PING/GET" TCP_TARGETS measure_redis
+rounds "new connections/s" TCP_TARGETS measure_newconn
+rounds "iperf3" TCP_TARGETS measure_iperf
+rounds "UDP echo" UDP_TARGETS measure_udp
+if [ "$NEW_OK" = 1 ]; then
+  rounds "PROXY protocol cost" PP_KINDS measure_pp
+else
+  step "PROXY protocol cost" pp_unsupported
+fi
+for t in "${STRACE_TARGETS[@]}"; do step "syscalls per connection: $t" measure_syscalls "$t"; done
 step "UDP flood: $FLOOD_SOURCES sources" measure_udp_flood
-step "discovery propagation: sluice vs haproxy" measure_propagation
+step "discovery propagation: ${PROPAGATION_TARGETS[*]}" measure_propagation
 # Last: it adds SCALE_SERVICES × SCALE_INSTANCES records to the zone.
-step "scale: $SCALE_SERVICES×$SCALE_INSTANCES services, CPU" measure_scale
+step "scale: $SCALE_SERVICES×$SCALE_INSTANCES services, registering" scale_register
+for ((ROUND = 0; ROUND < SCALE_ROUNDS; ROUND++)); do
+  step "scale: $SCALE_SERVICES×$SCALE_INSTANCES services, CPU [round $((ROUND + 1))/$SCALE_ROUNDS]" measure_scale
+done
 
+record meta.duration "$((SECONDS / 60)) min $((SECONDS % 60)) s"
 helper render "$RESULTS" "$REPO/bench/RESULTS.md"
 log "wrote bench/RESULTS.md"
