@@ -6,6 +6,7 @@
 //!
 //! `support` is the harness; each other module is one area of tests.
 
+mod api;
 mod cli;
 mod consul;
 mod consul_standin;

@@ -1,10 +1,12 @@
 //! The admin HTTP endpoint: `/metrics` (Prometheus text), `/status` (JSON),
-//! `/` (an HTML status page in the spirit of HAProxy's stats page) and
-//! `/healthz`. Everything is read from the listeners' live state on request;
-//! nothing here is on a forwarding path.
+//! `/` (an HTML status page in the spirit of HAProxy's stats page),
+//! `/healthz`, and the runtime API under `/v1/` ([`crate::api`]).
+//! Everything is read from the listeners' live state on request; nothing
+//! here is on a forwarding path.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
@@ -23,7 +25,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::config::{BackendSource, Balance, Protocol};
+use crate::Control;
+use crate::config::{BackendSource, Balance, Listener, Protocol, Secret};
 use crate::discovery::QueryState;
 use crate::metrics::{self, LiveFamily, Metrics};
 use crate::proxy::Context;
@@ -43,12 +46,17 @@ pub struct Admin {
     started: Instant,
     metrics: Arc<Metrics>,
     view: ArcSwap<View>,
+    /// Where the API's changes go.
+    pub(crate) control: Control,
+    /// The endpoint's own address.
+    pub(crate) addr: SocketAddr,
 }
 
 #[derive(Default)]
 struct View {
     listeners: Vec<Arc<Context>>,
     queries: Vec<Arc<QueryState>>,
+    api_token: Option<Secret>,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,16 +105,43 @@ pub struct QueryStatus {
 }
 
 impl Admin {
-    pub fn new(metrics: Arc<Metrics>) -> Admin {
+    pub fn new(metrics: Arc<Metrics>, control: Control, addr: SocketAddr) -> Admin {
         Admin {
             started: Instant::now(),
             metrics,
             view: ArcSwap::default(),
+            control,
+            addr,
         }
     }
 
-    pub fn publish(&self, listeners: Vec<Arc<Context>>, queries: Vec<Arc<QueryState>>) {
-        self.view.store(Arc::new(View { listeners, queries }));
+    pub fn publish(
+        &self,
+        listeners: Vec<Arc<Context>>,
+        queries: Vec<Arc<QueryState>>,
+        api_token: Option<Secret>,
+    ) {
+        let view = View {
+            listeners,
+            queries,
+            api_token,
+        };
+        self.view.store(Arc::new(view));
+    }
+
+    /// The token the API's changes need, if configured.
+    pub(crate) fn api_token(&self) -> Option<Secret> {
+        self.view.load().api_token.clone()
+    }
+
+    /// The running listeners' settings, by name.
+    pub(crate) fn listeners(&self) -> Vec<Listener> {
+        self.view
+            .load()
+            .listeners
+            .iter()
+            .map(|ctx| ctx.config.clone())
+            .collect()
     }
 
     pub fn status(&self) -> Status {
@@ -222,7 +257,10 @@ impl Admin {
             .render(&[active, flows, backends, total, open, failures, ejections])
     }
 
-    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.uri().path().starts_with("/v1/") {
+            return crate::api::respond(self, req).await;
+        }
         let (status, content_type, body) = match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => {
                 (StatusCode::OK, "text/plain; version=0.0.4", self.render_metrics())
@@ -275,8 +313,8 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
         let http = http.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let response = admin.respond(&req);
-                async move { Ok::<_, Infallible>(response) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.respond(req).await) }
             });
             let connection = http.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);

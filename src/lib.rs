@@ -19,16 +19,21 @@
 //! - [`proxy`]: what a listener's connections share (its `Context`), the TCP
 //!   and UDP loops, and byte forwarding (splice or copy) with half-close.
 //! - [`metrics`]: metric names and the per-server Prometheus recorder.
-//! - [`admin`]: the HTTP endpoint for /metrics, /status, / and /healthz.
+//! - [`admin`]: the HTTP endpoint for /metrics, /status, / and /healthz;
+//!   [`api`]: the runtime API under /v1/ on the same endpoint.
 //! - [`alarm`]: how recurring conditions are logged (once, then once a minute).
 //! - [`limits`]: the descriptor budget and the default caps derived from it.
 //! - [`net`]: address facts (what can be a peer, what binds where, which
 //!   backend would be sluice itself).
 //! - `server`: binds and runs listeners, owns shutdown, and reloads: a pure
 //!   `plan` (stop, rebind, update, start per listener), then one apply.
+//!   Every change comes through [`Control`], one at a time: SIGHUP (the
+//!   file read anew), an API request (one listener set or deleted), or a
+//!   whole [`Config`]; each is composed from the config's `Sources` with one
+//!   part replaced and validated as the file is.
 //!
 //! ```text
-//!   SIGHUP / Control::reload ─► plan(running, new config) ─► apply:
+//!   SIGHUP / API / Control::reload ─► compose & validate ─► plan(running, new config) ─► apply:
 //!     bind new sockets (any failure: nothing changes) ─► stop & rebind (retire:
 //!     stop accepting, connections drain) ─► new DNS server ─► update (new
 //!     Context for new connections; other backends: old ones drain) ─► start
@@ -40,6 +45,7 @@
 
 pub mod admin;
 pub mod alarm;
+pub mod api;
 pub mod balancer;
 pub mod config;
 pub mod discovery;
@@ -55,7 +61,7 @@ use std::io;
 use std::net::SocketAddr;
 
 pub use config::Config;
-pub use server::{Control, ReloadReport, Server};
+pub use server::{ApiChange, ApiError, Control, ReloadReport, Server};
 
 /// Seconds since the Unix epoch, as Prometheus and /status report times.
 pub(crate) fn unix_seconds(time: std::time::SystemTime) -> f64 {
@@ -76,6 +82,8 @@ pub enum Error {
     NoDns(io::Error),
     #[error("metrics endpoint: cannot bind {addr}: {source}")]
     BindMetrics { addr: SocketAddr, source: io::Error },
+    #[error("{0}")]
+    Invalid(#[from] config::ConfigError),
     #[error("the server has stopped")]
     Stopped,
 }

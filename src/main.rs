@@ -11,7 +11,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use sluice::config::{Config, Overrides};
+use sluice::config::{Config, Overrides, Secret};
 
 /// Without RUST_LOG: sluice's own lines from info up. hickory's are off:
 /// sluice reports what its lookups found, once per change, while hickory
@@ -59,7 +59,8 @@ fn main() -> ExitCode {
         listeners: cli.listeners,
         // As Consul's own tools read them, when the file does not say.
         consul_env: std::env::var("CONSUL_HTTP_ADDR").ok(),
-        consul_token_env: std::env::var("CONSUL_HTTP_TOKEN").ok(),
+        consul_token_env: std::env::var("CONSUL_HTTP_TOKEN").ok().map(Secret),
+        api_token_env: std::env::var("SLUICE_API_TOKEN").ok().map(Secret),
     };
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
@@ -86,7 +87,7 @@ fn main() -> ExitCode {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
-    match serve(config, cli.config, overrides) {
+    match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: {e:#}");
@@ -95,7 +96,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
+fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -110,34 +111,19 @@ fn serve(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow:
         let server = sluice::Server::bind(config).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(term, int, shutdown.clone()));
-        tokio::spawn(reload_on_sighup(hangups, server.control(), file, overrides));
+        tokio::spawn(reload_on_sighup(hangups, server.control()));
         server.run(shutdown).await;
         Ok(())
     })
 }
 
-/// On each SIGHUP, reads the configuration again and applies it; a file with
-/// problems changes nothing and the problems are logged with file and line.
-async fn reload_on_sighup(
-    mut hangups: Signal,
-    control: sluice::Control,
-    file: Option<PathBuf>,
-    overrides: Overrides,
-) {
+/// On each SIGHUP, has the server read the configuration file again and
+/// apply it with the API's listeners as they are; a file with problems
+/// changes nothing, and the server logs the problems with file and line.
+async fn reload_on_sighup(mut hangups: Signal, control: sluice::Control) {
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP received, reloading the configuration");
-        // Whatever the file holds, this loop must live to read the next one;
-        // off the runtime's threads, as DNS server names are looked up.
-        let (path, args) = (file.clone(), overrides.clone());
-        let loaded = tokio::task::spawn_blocking(move || Config::load(path.as_deref(), &args)).await;
-        match loaded {
-            Ok(Ok(config)) => {
-                // The server logs the outcome either way.
-                let _ = control.reload(config).await;
-            }
-            Ok(Err(e)) => tracing::error!("reload rejected, the running configuration stays:\n{e}"),
-            Err(_) => tracing::error!("reload rejected: reading the configuration failed unexpectedly"),
-        }
+        let _ = control.reload_file().await;
     }
 }
 

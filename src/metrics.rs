@@ -12,6 +12,8 @@ use std::fmt::Write as _;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
+use crate::config::Origin;
+
 pub const LISTENER_CONNECTIONS_TOTAL: &str = "sluice_listener_connections_total";
 pub const LISTENER_ACTIVE_CONNECTIONS: &str = "sluice_listener_active_connections";
 pub const BACKEND_CONNECTIONS_TOTAL: &str = "sluice_backend_connections_total";
@@ -26,6 +28,7 @@ pub const CONNECTION_DURATION: &str = "sluice_connection_duration_seconds";
 pub const UDP_FLOWS_ACTIVE: &str = "sluice_udp_flows_active";
 pub const PROXY_PROTOCOL_ERRORS_TOTAL: &str = "sluice_proxy_protocol_errors_total";
 pub const BUILD_INFO: &str = "sluice_build_info";
+pub const CONFIG_CHANGES_TOTAL: &str = "sluice_config_changes_total";
 
 pub const LABEL_LISTENER: &str = "listener";
 pub const LABEL_BACKEND: &str = "backend";
@@ -34,6 +37,7 @@ pub const LABEL_QUERY: &str = "query";
 pub const LABEL_RESULT: &str = "result";
 pub const LABEL_STATE: &str = "state";
 pub const LABEL_VERSION: &str = "version";
+pub const LABEL_ORIGIN: &str = "origin";
 
 /// Connection durations span milliseconds (a PING) to hours (a pooled client).
 const DURATION_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0];
@@ -55,6 +59,10 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "Client connections closed for a missing, malformed or oversized PROXY header.",
     ),
     (BUILD_INFO, "Always 1; the version is a label."),
+    (
+        CONFIG_CHANGES_TOTAL,
+        "Configuration changes by origin (file: SIGHUP, api: the runtime API) and result (ok, error).",
+    ),
 ];
 
 /// The recorder of one [`crate::Server`], or nothing when metrics are off.
@@ -106,7 +114,30 @@ impl Metrics {
         metrics
             .gauge(BUILD_INFO, &[(LABEL_VERSION, env!("CARGO_PKG_VERSION"))])
             .set(1.0);
+        // Shown at 0 from the start, so a rate() over them works at once.
+        for origin in [Origin::File, Origin::Api] {
+            for ok in [true, false] {
+                metrics.config_change_counter(origin, ok).increment(0);
+            }
+        }
         metrics
+    }
+
+    /// Counts one configuration change from `origin`.
+    pub fn config_change(&self, origin: Origin, ok: bool) {
+        self.config_change_counter(origin, ok).increment(1);
+    }
+
+    fn config_change_counter(&self, origin: Origin, ok: bool) -> Counter {
+        let origin = match origin {
+            Origin::File => "file",
+            Origin::Api => "api",
+        };
+        let result = if ok { "ok" } else { "error" };
+        self.counter(
+            CONFIG_CHANGES_TOTAL,
+            &[(LABEL_ORIGIN, origin), (LABEL_RESULT, result)],
+        )
     }
 
     fn counter(&self, name: &'static str, pairs: &[(&'static str, &str)]) -> Counter {

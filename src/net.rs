@@ -76,6 +76,70 @@ fn is_local(ip: IpAddr) -> bool {
         || if_addrs::get_if_addrs().is_ok_and(|interfaces| interfaces.iter().any(|i| i.ip() == ip))
 }
 
+/// Whether sockets bound to `a` and `b` (one protocol) would take the same
+/// port: the same address, or one of them the wildcard. Port 0 asks the
+/// kernel for a free port: no clash possible.
+pub fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let addresses = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+    addresses && a.port() == b.port() && a.port() != 0
+}
+
+/// Which program holds `addr` (for `protocol`), as `pid N (name)`, read from
+/// /proc: the socket bound there, then the process with it open. `None`
+/// when that cannot be known (another user's process, no /proc).
+pub fn port_holder(protocol: Protocol, addr: SocketAddr) -> Option<String> {
+    let (tables, bound_state) = match protocol {
+        // TCP: LISTEN; UDP: unconnected.
+        Protocol::Tcp => (["/proc/net/tcp", "/proc/net/tcp6"], "0A"),
+        Protocol::Udp => (["/proc/net/udp", "/proc/net/udp6"], "07"),
+    };
+    let inode = tables.iter().find_map(|table| {
+        let text = std::fs::read_to_string(table).ok()?;
+        text.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            let bound = proc_net_addr(local)?;
+            (*state == bound_state && binds_overlap(bound, addr)).then(|| inode.to_string())
+        })
+    })?;
+    let socket = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|process| {
+        let pid: u32 = process.file_name().to_str()?.parse().ok()?;
+        let mut fds = std::fs::read_dir(process.path().join("fd")).ok()?.flatten();
+        fds.find(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == socket.as_str())
+        })?;
+        let name = std::fs::read_to_string(process.path().join("comm")).unwrap_or_default();
+        Some(format!("pid {pid} ({})", name.trim()))
+    })
+}
+
+/// An address as /proc/net/{tcp,udp}[6] write it: hex of the address in
+/// 32-bit words in host (little-endian) order, a colon, hex of the port.
+fn proc_net_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<[u8; 4]> = (0..ip.len() / 8)
+        .map(|i| {
+            u32::from_str_radix(ip.get(8 * i..8 * i + 8)?, 16)
+                .ok()
+                .map(u32::to_le_bytes)
+        })
+        .collect::<Option<_>>()?;
+    let ip = match words.as_slice() {
+        [v4] => IpAddr::from(*v4),
+        [a, b, c, d] => IpAddr::from(
+            [*a, *b, *c, *d]
+                .concat()
+                .try_into()
+                .ok()
+                .map(|bytes: [u8; 16]| bytes)?,
+        ),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,3 +116,22 @@ async fn a_reload_that_cannot_bind_changes_nothing() {
     );
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn the_first_dns_listener_of_a_reload_gets_a_dns_client() {
+    let b = echo_backends(2).await;
+    let server = Server::bind(parse(&listener("static", "127.0.0.1:0", b[0].addr)))
+        .await
+        .unwrap();
+    let control = server.control();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(server.run(shutdown.clone()));
+
+    let dns = common::FakeDns::start().await;
+    dns.set_backends("redis", &[b[1].addr]);
+    let next = common::dns_config(&dns, "redis", "");
+    let report = control.reload(parse(&next)).await.unwrap();
+    let (_, addr) = report.added[0];
+    assert_eq!(backend_port(addr).await, b[1].addr.port());
+    shutdown.cancel();
+}

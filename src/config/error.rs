@@ -13,6 +13,16 @@ pub struct Problem {
     /// `file:line` or `listener '2003:graphite'`.
     pub location: String,
     pub message: String,
+    pub kind: ProblemKind,
+}
+
+/// Most problems are values that are wrong wherever they are; a conflict is
+/// a listener whose address another listener has (the API answers 409).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProblemKind {
+    #[default]
+    Invalid,
+    Conflict,
 }
 
 impl fmt::Display for Problem {
@@ -45,6 +55,7 @@ impl ConfigError {
             problems: vec![Problem {
                 location: location.into(),
                 message: message.into(),
+                kind: ProblemKind::Invalid,
             }],
         }
     }

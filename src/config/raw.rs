@@ -28,6 +28,16 @@ pub(super) struct RawConfig {
     pub consul: Option<Spanned<String>>,
     pub consul_token: Option<Spanned<String>>,
     pub datacenter: Option<Spanned<String>>,
+    pub api_token_file: Option<Spanned<String>>,
+    pub runtime_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub listeners: BTreeMap<String, Spanned<RawListener>>,
+}
+
+/// The listeners added through the API (the runtime file): nothing else.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApiListeners {
     #[serde(default)]
     pub listeners: BTreeMap<String, Spanned<RawListener>>,
 }

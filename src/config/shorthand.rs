@@ -10,8 +10,9 @@ use super::raw::RawListener;
 
 const FORM: &str = "expected [ADDR:]PORT[/udp]:SERVICE, e.g. 2003:graphite";
 
-/// `text` as a listener table; an error when it is not of the form at all.
-pub(super) fn parse(text: &str) -> Result<RawListener, String> {
+/// `text` as a listener table, read and as written; an error when it is
+/// not of the form at all.
+pub(super) fn parse(text: &str) -> Result<(RawListener, toml::Table), String> {
     let (head, service) = text.rsplit_once(':').ok_or_else(|| FORM.to_string())?;
     let (head, protocol) = match head.strip_suffix("/udp") {
         Some(head) => (head, Protocol::Udp),
@@ -24,10 +25,15 @@ pub(super) fn parse(text: &str) -> Result<RawListener, String> {
     };
     // A shorthand has no lines: problems are located at the listener itself.
     let here = |value| Some(Spanned::new(0..0, value));
-    Ok(RawListener {
+    let mut written = toml::Table::new();
+    written.insert("bind".into(), bind.clone().into());
+    written.insert("protocol".into(), protocol.to_string().into());
+    written.insert("service".into(), service.into());
+    let raw = RawListener {
         bind: here(bind),
         protocol: Some(Spanned::new(0..0, protocol)),
         service: here(service.to_string()),
         ..RawListener::default()
-    })
+    };
+    Ok((raw, written))
 }

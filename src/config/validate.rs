@@ -4,21 +4,23 @@
 //! prints them all at once.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::ops::{Deref, Range, RangeInclusive};
 use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::{ConfigError, Problem};
+use super::error::{ConfigError, Problem, ProblemKind};
 use super::names::{
     check_dns_name, check_label, consul_name, parse_bind, parse_consul_addr, parse_dns_servers, parse_peer,
 };
-use super::raw::{Discovery, Dur, RawConfig, RawHealth, RawListener};
+use super::raw::{Discovery, Dur, RawApiListeners, RawConfig, RawHealth, RawListener};
 use super::{
     BackendSource, Balance, Config, ConsulAddr, ConsulQuery, ConsulSettings, DnsSettings, HealthCheck,
-    Listener, MAX_DURATION, Mode, Overrides, Protocol, ProxyVersion, Secret, SrvQuery, TcpSettings,
-    UdpSettings, shorthand,
+    Listener, MAX_DURATION, Mode, Origin, Protocol, ProxyVersion, Secret, Sources, SrvQuery, TcpSettings,
+    Text, UdpSettings, relative_to, shorthand, tables,
 };
+use crate::net::binds_overlap;
 
 const DEFAULT_DOMAIN: &str = "consul";
 const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
@@ -49,6 +51,8 @@ const MAX_CHECK_COUNT: usize = 1000;
 const MAX_COUNT: usize = 1 << 24;
 /// Health-check `send` and `expect` longer than this are refused.
 pub const MAX_CHECK_BYTES: usize = 4096;
+/// An API token file larger than this is not a token.
+const MAX_TOKEN_BYTES: u64 = 4096;
 
 /// Where values come from, to say where a problem is.
 #[derive(Clone, Copy)]
@@ -59,7 +63,14 @@ pub(super) enum Place<'a> {
     Shorthand(&'a str),
 }
 
-impl Place<'_> {
+impl<'a> Place<'a> {
+    pub fn file(text: &'a Text) -> Place<'a> {
+        Place::File {
+            text: &text.text,
+            origin: &text.origin,
+        }
+    }
+
     pub fn at(&self, span: &Range<usize>) -> String {
         match self {
             Place::File { text, origin } => {
@@ -134,7 +145,12 @@ impl<'a> Validator<'a> {
     }
 
     fn problem(&mut self, location: String, message: String) {
-        self.problems.push(Problem { location, message });
+        let kind = ProblemKind::Invalid;
+        self.problems.push(Problem {
+            location,
+            message,
+            kind,
+        });
     }
 
     fn problem_at<T>(&mut self, scope: &Scope, value: &Spanned<T>, key: &str, message: impl fmt::Display) {
@@ -223,7 +239,13 @@ impl<'a> Validator<'a> {
         Some(value.get_ref().clone())
     }
 
-    pub fn validate(mut self, raw: RawConfig, overrides: &Overrides) -> Result<Config, ConfigError> {
+    pub fn validate(
+        mut self,
+        raw: RawConfig,
+        raw_api: RawApiListeners,
+        sources: &Sources,
+    ) -> Result<Config, ConfigError> {
+        let overrides = &sources.overrides;
         let global = Scope {
             place: self.file,
             prefix: String::new(),
@@ -265,7 +287,7 @@ impl<'a> Validator<'a> {
         };
         let token = match (&raw.consul_token, &overrides.consul_token_env) {
             (Some(file), _) => Some(file.get_ref().clone()),
-            (None, env) => env.clone(),
+            (None, env) => env.as_ref().map(|secret| secret.0.clone()),
         };
         let consul = ConsulSettings {
             addr: consul_addr.unwrap_or_else(|| ConsulAddr {
@@ -317,15 +339,50 @@ impl<'a> Validator<'a> {
             datacenter,
         };
 
-        let mut listeners = Vec::new();
-        for (name, table) in &raw.listeners {
-            let scope = Scope {
-                place: self.file,
-                prefix: format!("listeners.{name}."),
-            };
-            let location = self.file.at(&table.span());
-            if let Some(l) = self.listener(name, table.get_ref(), &scope, location, &defaults) {
-                listeners.push(l);
+        let api_token = self.api_token(&global, &raw, sources);
+        let runtime_file = raw.runtime_file.as_ref().and_then(|file| {
+            if file.get_ref().is_empty() {
+                self.problem_at(
+                    &global,
+                    file,
+                    "runtime_file",
+                    "must not be empty (leave it out instead)",
+                );
+                return None;
+            }
+            Some(relative_to(sources.path.as_deref(), file.get_ref()))
+        });
+
+        // Each with where it is defined.
+        let mut listeners: Vec<(Listener, String)> = Vec::new();
+        let api = Place::file(&sources.api);
+        let written = [tables(&sources.main.text), tables(&sources.api.text)];
+        let origins = [
+            (self.file, &raw.listeners, Origin::File),
+            (api, &raw_api.listeners, Origin::Api),
+        ];
+        for ((place, tables, origin), written) in origins.into_iter().zip(written) {
+            for (name, table) in tables {
+                let scope = Scope {
+                    place,
+                    prefix: format!("listeners.{name}."),
+                };
+                let location = place.at(&table.span());
+                if origin == Origin::Api && raw.listeners.contains_key(name) {
+                    let file = self.file.origin();
+                    let message = format!(
+                        "listeners.{name}: {file} defines a listener of this name; delete this one \
+                         (DELETE /v1/listeners/{name}) or rename it"
+                    );
+                    self.problem(location, message);
+                    continue;
+                }
+                if let Some(mut l) = self.listener(name, table.get_ref(), &scope, location.clone(), &defaults)
+                {
+                    l.origin = origin;
+                    l.written = written.get(name).cloned().unwrap_or_default();
+                    listeners.push((l, location));
+                }
             }
         }
         for text in &overrides.listeners {
@@ -334,22 +391,30 @@ impl<'a> Validator<'a> {
                 prefix: String::new(),
             };
             match shorthand::parse(text) {
-                Ok(raw) => {
+                Ok((raw, written)) => {
                     let location = scope.place.at(&(0..0));
-                    if let Some(l) = self.listener(text, &raw, &scope, location, &defaults) {
-                        listeners.push(l);
+                    if let Some(mut l) = self.listener(text, &raw, &scope, location.clone(), &defaults) {
+                        l.written = written;
+                        listeners.push((l, location));
                     }
                 }
                 Err(e) => self.problem(format!("listener '{text}'"), e),
             }
         }
-        if raw.listeners.is_empty() && overrides.listeners.is_empty() {
+        // With the API on, listeners may all come from it later.
+        let api_on = metrics.is_some() && api_token.is_some();
+        if raw.listeners.is_empty()
+            && raw_api.listeners.is_empty()
+            && overrides.listeners.is_empty()
+            && !api_on
+        {
             self.problem(
                 self.file.origin(),
                 "no listeners: add a [listeners.NAME] table or a PORT:SERVICE argument".into(),
             );
         }
-        self.clashes(&listeners);
+        self.clashes(&listeners, metrics);
+        let listeners = listeners.into_iter().map(|(l, _)| l).collect();
 
         if self.problems.is_empty() {
             return Ok(Config {
@@ -358,6 +423,9 @@ impl<'a> Validator<'a> {
                 metrics,
                 shutdown_grace,
                 listeners,
+                api_token,
+                runtime_file,
+                sources: Sources::default(),
             });
         }
         // In file order; locations without a line (the command line) last.
@@ -369,20 +437,80 @@ impl<'a> Validator<'a> {
         })
     }
 
-    /// Two listeners on one address and protocol.
-    fn clashes(&mut self, listeners: &[Listener]) {
-        for (i, a) in listeners.iter().enumerate() {
-            for b in &listeners[i + 1..] {
-                // Port 0 asks the kernel for a free port: no clash possible.
-                if a.bind == b.bind && a.bind.port() != 0 && a.protocol() == b.protocol() {
-                    let (first, second, bind) = (&a.name, &b.name, a.bind);
-                    self.problem(
-                        format!("listener '{second}'"),
-                        format!("bind {bind} is also used by listener '{first}'"),
-                    );
+    /// Two listeners on one port and protocol whose addresses overlap (one
+    /// of them is the wildcard, or both are the same): the second could not
+    /// bind, or with `reuse_port` would silently take half the traffic.
+    /// Also a TCP listener on the admin endpoint's address.
+    fn clashes(&mut self, listeners: &[(Listener, String)], metrics: Option<SocketAddr>) {
+        for (i, first) in listeners.iter().enumerate() {
+            for second in &listeners[i + 1..] {
+                let (a, b) = (&first.0, &second.0);
+                if a.protocol() != b.protocol() || !binds_overlap(a.bind, b.bind) {
+                    continue;
                 }
+                // The API's listener is the newcomer, if there is one.
+                let api_first = a.origin == Origin::Api && b.origin == Origin::File;
+                let (holder, (newcomer, at)) = if api_first { (b, first) } else { (a, second) };
+                let origin = match holder.origin {
+                    Origin::File => "the configuration",
+                    Origin::Api => "the API",
+                };
+                let message = format!(
+                    "{} is in use by listener '{}' (from {origin})",
+                    newcomer.bind, holder.name
+                );
+                self.conflict(newcomer, at, message);
+            }
+            let (listener, at) = first;
+            if listener.protocol() == Protocol::Tcp
+                && metrics.is_some_and(|m| binds_overlap(listener.bind, m))
+            {
+                let message = format!("{} is the admin endpoint's (`metrics`)", listener.bind);
+                self.conflict(listener, at, message);
             }
         }
+    }
+
+    fn conflict(&mut self, listener: &Listener, location: &str, message: String) {
+        self.problems.push(Problem {
+            location: location.to_string(),
+            message: format!("listeners.{}.bind: {message}", listener.name),
+            kind: ProblemKind::Conflict,
+        });
+    }
+
+    /// The API's bearer token: `api_token_file`'s contents (relative to the
+    /// configuration's directory), else `SLUICE_API_TOKEN`.
+    fn api_token(&mut self, global: &Scope, raw: &RawConfig, sources: &Sources) -> Option<Secret> {
+        let Some(file) = &raw.api_token_file else {
+            let env = sources
+                .overrides
+                .api_token_env
+                .as_ref()
+                .map(|secret| secret.0.trim());
+            return env.filter(|t| !t.is_empty()).map(|t| Secret(t.to_string()));
+        };
+        let path = relative_to(sources.path.as_deref(), file.get_ref());
+        let read = || -> Result<String, String> {
+            use std::io::Read;
+            let mut text = String::new();
+            std::fs::File::open(&path)
+                .and_then(|f| f.take(MAX_TOKEN_BYTES + 1).read_to_string(&mut text))
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let token = text.trim();
+            match token.len() {
+                0 => Err(format!("{} is empty", path.display())),
+                n if n as u64 > MAX_TOKEN_BYTES => Err(format!(
+                    "{} is not a token: over {MAX_TOKEN_BYTES} bytes",
+                    path.display()
+                )),
+                _ => Ok(token.to_string()),
+            }
+        };
+        read()
+            .map_err(|e| self.problem_at(global, file, "api_token_file", e))
+            .ok()
+            .map(Secret)
     }
 
     fn listener(
@@ -494,6 +622,8 @@ impl<'a> Validator<'a> {
             drain_timeout,
             reuse_port: flag(&raw.reuse_port, false),
             mode,
+            origin: Origin::File,
+            written: toml::Table::new(),
         })
     }
 

@@ -316,6 +316,11 @@ impl Registry {
         }
     }
 
+    /// Whether DNS sources have a client to ask.
+    pub fn has_dns(&self) -> bool {
+        self.dns.is_some()
+    }
+
     /// Switches to another DNS server: every DNS source starts over.
     pub fn set_dns(&mut self, dns: Option<DnsClient>) {
         self.restart(|source| matches!(source, BackendSource::Dns(_)));

@@ -10,18 +10,20 @@
 //! fails (a port in use, no DNS server) fails the whole reload before
 //! anything is changed.
 
+mod changes;
 mod plan;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use socket2::{Domain, Socket as Socket2, Type};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, info, info_span, warn};
@@ -29,13 +31,16 @@ use tracing::{Instrument, Span, info, info_span, warn};
 use crate::Error;
 use crate::admin::Admin;
 use crate::balancer::Upstream;
-use crate::config::{BackendSource, Config, ConsulSettings, DnsSettings, Listener, Mode, Protocol};
+use crate::config::{
+    BackendSource, Config, ConsulSettings, DnsSettings, Listener, Mode, Origin, Protocol, Secret, Sources,
+};
 use crate::discovery::Registry;
 use crate::discovery::dns::DnsClient;
 use crate::health::Checks;
 use crate::metrics::Metrics;
 use crate::net::OwnSockets;
 use crate::proxy::{self, Context};
+use changes::Command;
 use plan::Change;
 
 /// Pending connections the kernel queues per listener while at `max_connections`.
@@ -124,28 +129,7 @@ pub struct ReloadReport {
     pub changed: Vec<String>,
 }
 
-/// Sends reloads to a running [`Server`]. Cheap to clone.
-#[derive(Clone)]
-pub struct Control {
-    commands: mpsc::Sender<Reload>,
-}
-
-struct Reload {
-    config: Config,
-    done: oneshot::Sender<Result<ReloadReport, Error>>,
-}
-
-impl Control {
-    /// Applies `config` to the running server. On error nothing changed.
-    pub async fn reload(&self, config: Config) -> Result<ReloadReport, Error> {
-        let (done, result) = oneshot::channel();
-        self.commands
-            .send(Reload { config, done })
-            .await
-            .map_err(|_| Error::Stopped)?;
-        result.await.map_err(|_| Error::Stopped)?
-    }
-}
+pub use changes::{ApiChange, ApiError, Control};
 
 /// Every listener bound, ready to [`run`](Server::run).
 pub struct Server {
@@ -153,7 +137,7 @@ pub struct Server {
     sockets: Vec<Socket>,
     admin: Option<TcpListener>,
     dns: Option<DnsClient>,
-    commands: mpsc::Receiver<Reload>,
+    commands: mpsc::Receiver<Command>,
     control: Control,
 }
 
@@ -219,6 +203,8 @@ impl Server {
             control,
         } = self;
         let metrics = Arc::new(Metrics::new(admin.is_some()));
+        let admin_view =
+            metrics_addr.map(|addr| Arc::new(Admin::new(metrics.clone(), control.clone(), addr)));
         let mut running = Running {
             listeners: HashMap::new(),
             own: watch::Sender::new(Arc::default()),
@@ -227,8 +213,11 @@ impl Server {
             metrics_addr: config.metrics,
             discovery: Registry::new(dns, config.consul.clone(), metrics.clone(), shutdown.clone()),
             checks: Arc::new(Checks::new(shutdown.clone())),
-            admin: admin.as_ref().map(|_| Arc::new(Admin::new(metrics.clone()))),
+            admin: admin_view,
             metrics: metrics.clone(),
+            sources: config.sources.clone(),
+            runtime_file: config.runtime_file.clone(),
+            api_token: config.api_token.clone(),
             shutdown_grace: config.shutdown_grace,
             shutdown: shutdown.clone(),
             hard_stop: CancellationToken::new(),
@@ -248,13 +237,7 @@ impl Server {
 
         loop {
             tokio::select! {
-                Some(reload) = commands.recv() => {
-                    let result = running.reload(reload.config);
-                    if let Err(e) = &result {
-                        warn!(error = %e, "reload failed, the running configuration stays");
-                    }
-                    let _ = reload.done.send(result);
-                }
+                Some(command) = commands.recv() => running.handle(command).await,
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -297,6 +280,12 @@ struct Running {
     checks: Arc<Checks>,
     metrics: Arc<Metrics>,
     admin: Option<Arc<Admin>>,
+    /// What the running configuration was made from: a change replaces one part.
+    sources: Sources,
+    /// Where the API's listeners are saved.
+    runtime_file: Option<PathBuf>,
+    /// What the API's changes need, as configured.
+    api_token: Option<Secret>,
     shutdown_grace: Duration,
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
@@ -380,10 +369,11 @@ impl Running {
         self.listeners.insert(serving.config.name.clone(), serving);
     }
 
-    fn reload(&mut self, config: Config) -> Result<ReloadReport, Error> {
+    fn reload(&mut self, config: Config, origin: Origin) -> Result<ReloadReport, Error> {
         let running = self.listeners.values().map(|s| &s.config);
         let plan = plan::plan(running, &self.dns, &self.consul, &config);
-        let dns = if plan.dns_changed {
+        // A new DNS server, or the first listener that needs one.
+        let dns = if plan.dns_changed || !self.discovery.has_dns() {
             Some(dns_client(&config)?)
         } else {
             None
@@ -436,11 +426,13 @@ impl Running {
         self.consul = config.consul.clone();
         self.discovery.retain(&config.listeners);
         self.shutdown_grace = config.shutdown_grace;
+        self.api_token = config.api_token.clone();
         self.publish();
         report.added.sort();
         report.removed.sort();
         report.changed.sort();
         info!(
+            ?origin,
             added = ?report.added,
             removed = ?report.removed,
             changed = ?report.changed,
@@ -456,7 +448,7 @@ impl Running {
             let mut listeners: Vec<Arc<Context>> =
                 self.listeners.values().map(|l| l.current.load_full()).collect();
             listeners.sort_by(|a, b| a.config.name.cmp(&b.config.name));
-            admin.publish(listeners, self.discovery.queries());
+            admin.publish(listeners, self.discovery.queries(), self.api_token.clone());
         }
         let own = OwnSockets::new(
             self.listeners

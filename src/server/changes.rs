@@ -1,0 +1,238 @@
+//! Changes to the running configuration from outside, one at a time: a
+//! whole new configuration ([`Control::reload`]), the main file read anew
+//! (SIGHUP), or one listener set or deleted through the API. Each is made
+//! into a configuration by the same validation as the file, applied by the
+//! same [`Running::reload`], logged once and counted by origin and result.
+//! The API's listeners are saved to `runtime_file` after each change.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use super::{ReloadReport, Running};
+use crate::Error;
+use crate::config::{Config, ConfigError, Origin, ProblemKind, save_runtime_file};
+
+/// What the server is asked to do.
+pub(super) enum Command {
+    Apply {
+        config: Box<Config>,
+        done: oneshot::Sender<Result<ReloadReport, Error>>,
+    },
+    ReloadFile {
+        done: oneshot::Sender<Result<ReloadReport, Error>>,
+    },
+    /// Set (`Some`) or delete (`None`) one of the API's listeners.
+    Listener {
+        name: String,
+        table: Option<toml::Table>,
+        done: oneshot::Sender<Result<ApiChange, ApiError>>,
+    },
+}
+
+/// Sends changes to a running [`crate::Server`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    pub(super) commands: mpsc::Sender<Command>,
+}
+
+impl Control {
+    /// Applies `config` as a whole. On error nothing changed.
+    pub async fn reload(&self, config: Config) -> Result<ReloadReport, Error> {
+        self.ask(|done| Command::Apply {
+            config: Box::new(config),
+            done,
+        })
+        .await?
+    }
+
+    /// Reads the main file again and applies it with the API's listeners as
+    /// they are (SIGHUP). On error nothing changed.
+    pub async fn reload_file(&self) -> Result<ReloadReport, Error> {
+        self.ask(|done| Command::ReloadFile { done }).await?
+    }
+
+    /// Creates or replaces the API's listener `name` from its table.
+    pub async fn set_listener(&self, name: &str, table: toml::Table) -> Result<ApiChange, ApiError> {
+        let name = name.to_string();
+        let asked = self.ask(|done| Command::Listener {
+            name,
+            table: Some(table),
+            done,
+        });
+        asked.await.map_err(|_| ApiError::Stopped)?
+    }
+
+    /// Removes the API's listener `name`; its connections drain.
+    pub async fn delete_listener(&self, name: &str) -> Result<ApiChange, ApiError> {
+        let name = name.to_string();
+        let asked = self.ask(|done| Command::Listener {
+            name,
+            table: None,
+            done,
+        });
+        asked.await.map_err(|_| ApiError::Stopped)?
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Error> {
+        let (done, answer) = oneshot::channel();
+        self.commands
+            .send(command(done))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)
+    }
+}
+
+/// What an API request changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiChange {
+    Created,
+    Replaced,
+    Deleted,
+}
+
+/// Why an API request changed nothing (or, `NotSaved`, nothing lasting).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no listener named '{0}' was added through the API")]
+    NotFound(String),
+    #[error("listener '{name}' is defined in {file}: change it there and reload (SIGHUP)")]
+    DefinedInFile { name: String, file: String },
+    /// The problems, each naming its key; `conflict`: one is an address
+    /// another listener has.
+    #[error("{}", problems.join("; "))]
+    Invalid { problems: Vec<String>, conflict: bool },
+    #[error("{0}")]
+    Apply(Error),
+    #[error("applied, but not saved to {}: {source}; it is lost at restart", path.display())]
+    NotSaved { path: PathBuf, source: io::Error },
+    #[error("the server has stopped")]
+    Stopped,
+}
+
+impl Running {
+    pub(super) async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Apply { config, done } => {
+                let result = self.apply(*config, Origin::File);
+                let _ = done.send(result);
+            }
+            Command::ReloadFile { done } => {
+                let sources = self.sources.clone();
+                let result = match compose(move || Config::compose(sources.reread()?)).await {
+                    Ok(config) => self.apply(config, Origin::File),
+                    Err(e) => {
+                        error!("reload rejected, the running configuration stays:\n{e}");
+                        self.metrics.config_change(Origin::File, false);
+                        Err(Error::Invalid(e))
+                    }
+                };
+                let _ = done.send(result);
+            }
+            Command::Listener { name, table, done } => {
+                let result = self.change_listener(&name, table).await;
+                match &result {
+                    Ok(change) => info!(listener = name, ?change, "listener changed through the API"),
+                    Err(e) => warn!(listener = name, error = %e, "API change rejected"),
+                }
+                // Those refused before `apply`, which counts the rest.
+                let refused = matches!(
+                    &result,
+                    Err(ApiError::NotFound(_) | ApiError::DefinedInFile { .. } | ApiError::Invalid { .. })
+                );
+                if refused {
+                    self.metrics.config_change(Origin::Api, false);
+                }
+                let _ = done.send(result);
+            }
+        }
+    }
+
+    /// Applies `config`, keeps its sources for the next change, and counts
+    /// the outcome as `origin`'s.
+    fn apply(&mut self, config: Config, origin: Origin) -> Result<ReloadReport, Error> {
+        let sources = config.sources.clone();
+        let runtime_file = config.runtime_file.clone();
+        let result = self.reload(config, origin);
+        self.metrics.config_change(origin, result.is_ok());
+        match &result {
+            Ok(_) => {
+                self.sources = sources;
+                self.runtime_file = runtime_file;
+            }
+            Err(e) => warn!(error = %e, "reload failed, the running configuration stays"),
+        }
+        result
+    }
+
+    async fn change_listener(
+        &mut self,
+        name: &str,
+        table: Option<toml::Table>,
+    ) -> Result<ApiChange, ApiError> {
+        let origin = self.listeners.get(name).map(|l| l.config.origin);
+        if origin == Some(Origin::File) {
+            let file = self.sources.main.origin.clone();
+            return Err(ApiError::DefinedInFile {
+                name: name.into(),
+                file,
+            });
+        }
+        let mut listeners: BTreeMap<String, toml::Table> = self.sources.api_listeners();
+        let change = match (table, listeners.contains_key(name)) {
+            (None, false) => return Err(ApiError::NotFound(name.into())),
+            (None, true) => {
+                listeners.remove(name);
+                ApiChange::Deleted
+            }
+            (Some(table), existed) => {
+                listeners.insert(name.into(), table);
+                if existed {
+                    ApiChange::Replaced
+                } else {
+                    ApiChange::Created
+                }
+            }
+        };
+        let sources = self.sources.with_api_listeners(&listeners);
+        let candidate = sources.clone();
+        let config = compose(move || Config::compose(candidate)).await.map_err(|e| {
+            let conflict = e.problems.iter().any(|p| p.kind == ProblemKind::Conflict);
+            let problems = sources.api_problems(&e);
+            ApiError::Invalid { problems, conflict }
+        })?;
+        self.apply(config, Origin::Api).map_err(ApiError::Apply)?;
+        self.save_api_listeners()
+            .map_err(|(path, source)| ApiError::NotSaved { path, source })?;
+        Ok(change)
+    }
+
+    /// Writes the API's listeners to `runtime_file`, if there is one.
+    fn save_api_listeners(&self) -> Result<(), (PathBuf, io::Error)> {
+        let Some(path) = &self.runtime_file else {
+            return Ok(());
+        };
+        save_runtime_file(path, &self.sources.api.text).map_err(|e| {
+            error!(path = %path.display(), error = %e, "cannot save the API's listeners");
+            (path.clone(), e)
+        })
+    }
+}
+
+/// Validation off the runtime's threads: it may read files and resolve
+/// DNS server names.
+async fn compose(
+    make: impl FnOnce() -> Result<Config, ConfigError> + Send + 'static,
+) -> Result<Config, ConfigError> {
+    match tokio::task::spawn_blocking(make).await {
+        Ok(result) => result,
+        Err(e) => Err(ConfigError::one(
+            "configuration",
+            format!("validation failed unexpectedly: {e}"),
+        )),
+    }
+}
