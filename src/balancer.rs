@@ -113,11 +113,16 @@ struct Group {
     cumulative: Vec<u64>,
     /// Maglev: table slot → member index (empty for other algorithms).
     maglev: Vec<u32>,
+    /// Round-robin steps through the weight points this far apart, a
+    /// stride coprime to the total: every point once per round, so each
+    /// member gets its weight's share, interleaved rather than in blocks
+    /// (SRV weights of 50 and 50 alternate instead of 50 in a row).
+    stride: u64,
 }
 
 impl Group {
     fn new(members: Vec<Member>, balance: Balance) -> Group {
-        let cumulative = members
+        let cumulative: Vec<u64> = members
             .iter()
             .scan(0, |sum, m| {
                 *sum += m.weight();
@@ -129,15 +134,24 @@ impl Group {
         } else {
             Vec::new()
         };
+        let total = cumulative.last().copied().unwrap_or(0);
         Group {
             members,
             cumulative,
             maglev,
+            stride: coprime_stride(total),
         }
     }
 
     fn total_weight(&self) -> u64 {
         self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    /// The member of round-robin's `turn`.
+    fn in_turn(&self, turn: u64) -> usize {
+        let total = self.total_weight();
+        let point = u128::from(turn % total) * u128::from(self.stride) % u128::from(total);
+        self.by_weight(point as u64)
     }
 
     /// The member whose weight range holds `point` (in `0..total_weight`).
@@ -247,7 +261,7 @@ impl Balancer {
         let chosen = match self.balance {
             Balance::RoundRobin => {
                 let turn = self.next.fetch_add(1, Relaxed) as u64;
-                usable_from(group.by_weight(turn % group.total_weight()))?
+                usable_from(group.in_turn(turn))?
             }
             Balance::Random => usable_from(group.random())?,
             Balance::LeastConn => {
@@ -281,6 +295,22 @@ impl Balancer {
         };
         Some(&members[chosen])
     }
+}
+
+/// The largest number coprime to `total` at or below `total` × 0.618 (the
+/// golden ratio spreads consecutive multiples evenly), 1 for tiny totals.
+fn coprime_stride(total: u64) -> u64 {
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let start = (total as f64 * 0.618) as u64;
+    (1..=start.max(1))
+        .rev()
+        .find(|&s| gcd(s, total) == 1)
+        .unwrap_or(1)
 }
 
 /// A hash that is the same in every sluice process (Maglev must agree across restarts).
@@ -426,6 +456,14 @@ impl Upstream {
         self.pools.borrow().clone()
     }
 
+    /// Completes once the first discovery answer is in (static lists at once).
+    pub fn resolved(&self) -> impl Future<Output = ()> + Send + use<> {
+        let mut pools = self.pools.clone();
+        async move {
+            let _ = pools.wait_for(Option::is_some).await;
+        }
+    }
+
     /// The current pool, waiting up to `wait` for the first discovery answer.
     pub async fn ready(&self, wait: Duration) -> Option<Arc<Pool>> {
         if let Some(pool) = self.current() {
@@ -565,6 +603,28 @@ mod tests {
             tally(Balance::RoundRobin, &pool, 400),
             HashMap::from([(1, 100), (2, 100), (3, 200)])
         );
+    }
+
+    #[test]
+    fn round_robin_interleaves_large_weights() {
+        // Kubernetes' SRV weights: 100 / number of pods each.
+        let pool = Pool::build(
+            &set(&[("10.0.0.1:1", 0, 50), ("10.0.0.1:2", 0, 50)]),
+            None,
+            Balance::RoundRobin,
+            None,
+        );
+        let balancer = Balancer::new(Balance::RoundRobin);
+        let picks: Vec<u16> = (0..100)
+            .map(|i| balancer.pick(&pool, client(i), &[]).unwrap().addr().port())
+            .collect();
+        let longest_run = picks.chunk_by(|a, b| a == b).map(<[u16]>::len).max().unwrap();
+        assert!(longest_run <= 2, "{picks:?}");
+        assert_eq!(picks.iter().filter(|&&p| p == 1).count(), 50);
+        for total in [1, 2, 3, 4, 100, 65_535, 1 << 40] {
+            let stride = coprime_stride(total);
+            assert!(stride >= 1 && stride <= total.max(1), "{total}: {stride}");
+        }
     }
 
     #[test]
