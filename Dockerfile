@@ -1,16 +1,21 @@
 # sluice container image.
 #
 #   docker build -t sluice .
-#   docker run --rm -p 2003:2003 \
+#   docker run --rm -p 2003:2003 -p 127.0.0.1:9910:9910 \
 #       -v "$PWD/config/graphite.toml:/etc/sluice/sluice.toml:ro" \
-#       sluice --config /etc/sluice/sluice.toml --dns 10.0.0.2:8600
+#       sluice --dns 10.0.0.2:8600
 #
-# Configuration: the image expects its TOML file at /etc/sluice/sluice.toml
-# (mount a file or a directory there); the default command reads it. Any
-# arguments given to `docker run` replace that default command, e.g.
-# `--check --config /etc/sluice/sluice.toml` or shorthand listeners such as
-# `--dns 10.0.0.2:8600 2003:graphite`. Note that `--dns` takes an IP[:port],
-# not a host name.
+# Configuration: sluice reads /etc/sluice/sluice.toml when given neither
+# --config nor shorthand listeners, so mount a file (or a directory) there.
+# Arguments given to `docker run` are sluice's, e.g. `--check` or shorthand
+# listeners such as `--dns 10.0.0.2:8600 2003:graphite`.
+#
+# The admin endpoint (/metrics, /status, /ready, /healthz, the API) listens
+# on 0.0.0.0:9910 inside the container (SLUICE_METRICS; a --metrics argument
+# overrides it, the file's `metrics` does not). HEALTHCHECK asks /ready with
+# the binary itself (`sluice --probe`), as the image has no curl: the
+# container is healthy once every listener has its first discovery answer.
+# Publish 9910 only to localhost or a private network.
 #
 # sluice runs as the unprivileged user `sluice` (uid 10001), so listeners must
 # bind ports >= 1024 unless the container gets CAP_NET_BIND_SERVICE.
@@ -25,11 +30,11 @@ WORKDIR /src
 # Dependencies first, against stub sources, so this layer is rebuilt only when
 # Cargo.toml or Cargo.lock change, not on every source edit.
 COPY Cargo.toml Cargo.lock ./
-# (Cargo.toml names integration/main.rs as a test and bench/udpload.rs as an
-# example; stubs keep the manifest valid, and neither is built here.)
+# (Cargo.toml names integration/main.rs as a test and bench/*.rs as
+# examples; stubs keep the manifest valid, and none is built here.)
 RUN mkdir src integration bench \
     && echo 'fn main() {}' > src/main.rs \
-    && echo 'fn main() {}' > bench/udpload.rs \
+    && for example in udpload hostile_dns consul_standin; do echo 'fn main() {}' > bench/$example.rs; done \
     && touch src/lib.rs integration/main.rs \
     && cargo build --release --locked \
     && rm -rf src
@@ -56,5 +61,9 @@ COPY --from=build /src/target/release/sluice /usr/local/bin/sluice
 # Numeric, so orchestrators can verify "runs as non-root" without /etc/passwd.
 USER 10001:10001
 
+ENV SLUICE_METRICS=0.0.0.0:9910
+EXPOSE 9910
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/sluice", "--probe", "http://127.0.0.1:9910/ready"]
+
 ENTRYPOINT ["/usr/local/bin/sluice"]
-CMD ["--config", "/etc/sluice/sluice.toml"]

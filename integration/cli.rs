@@ -86,3 +86,96 @@ fn port_in_use_is_a_clear_error_naming_the_listener() {
         "{stderr}"
     );
 }
+
+#[test]
+fn environment_variables_stand_for_the_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        "[listeners.redis]\nbind = \"127.0.0.1:0\"\nservice = \"redis\"\n",
+    );
+    let out = Command::new(SLUICE)
+        .arg("--check")
+        .env("SLUICE_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "SLUICE_CONFIG: {}", printed(&out));
+    let out = Command::new(SLUICE)
+        .arg("--check")
+        .env("SLUICE_CONFIG", &config)
+        .env("SLUICE_DNS", "not an address")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "SLUICE_DNS is read: {}",
+        printed(&out)
+    );
+    assert!(printed(&out).contains("--dns"), "{}", printed(&out));
+    let sluice = Sluice::start_with_env(
+        &["--config", config.to_str().unwrap(), "--dns", "127.0.0.1:1"],
+        1,
+        &[("SLUICE_METRICS", "127.0.0.1:0")],
+    );
+    sluice.wait_for_log("serving /metrics");
+    let help = Command::new(SLUICE).arg("--help").output().unwrap();
+    for variable in [
+        "[env: SLUICE_CONFIG]",
+        "[env: SLUICE_DNS]",
+        "[env: SLUICE_METRICS]",
+    ] {
+        assert!(printed(&help).contains(variable), "--help lacks {variable}");
+    }
+}
+
+#[test]
+fn without_config_or_listeners_it_says_what_to_pass() {
+    // A fresh machine has no /etc/sluice/sluice.toml.
+    assert!(
+        !Path::new("/etc/sluice/sluice.toml").exists(),
+        "this test needs no /etc/sluice/sluice.toml"
+    );
+    let out = Command::new(SLUICE).env_remove("SLUICE_CONFIG").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = printed(&out);
+    for hint in [
+        "--config FILE",
+        "SLUICE_CONFIG",
+        "6379:redis",
+        "/etc/sluice/sluice.toml",
+    ] {
+        assert!(text.contains(hint), "no {hint:?} in {text}");
+    }
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line_definition() {
+    for (shell, marker) in [
+        ("bash", "complete -F _sluice"),
+        ("zsh", "#compdef sluice"),
+        ("fish", "complete -c sluice"),
+    ] {
+        let out = Command::new(SLUICE)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {}", printed(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains(marker) && script.contains("--probe"),
+            "{shell}: {script}"
+        );
+    }
+    let out = Command::new(SLUICE).arg("man").output().unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for part in [".TH sluice 1", "\\-\\-config", "SLUICE_CONFIG", "completions"] {
+        assert!(page.contains(part), "man page lacks {part}");
+    }
+    let bad = Command::new(SLUICE)
+        .args(["completions", "cmd.exe"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

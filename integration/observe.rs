@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// sluice with the metrics endpoint and access log on, one redis (found
-/// through its own Consul DNS stand-in) behind it.
+/// through its own Consul DNS stand-in) behind it, and a UDP listener.
 struct Observed {
     sluice: Sluice,
     /// The metrics endpoint, `ip:port`.
@@ -34,13 +34,14 @@ fn observed_sluice(extra_args: &[&str]) -> Observed {
         dir.path(),
         &format!(
             "dns = \"{}\"\nmetrics = \"127.0.0.1:0\"\n[listeners.redis]\nbind = \"127.0.0.1:0\"\n\
-             service = \"redis\"\naccess_log = true\n",
+             service = \"redis\"\naccess_log = true\n\
+             [listeners.statsd]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\nbackends = [\"127.0.0.1:9\"]\n",
             dns.addr()
         ),
     );
     let mut args = vec!["--config", config.to_str().unwrap()];
     args.extend_from_slice(extra_args);
-    let sluice = Sluice::start(&args, 1);
+    let sluice = Sluice::start(&args, 2);
     let announced = sluice.wait_for_log("serving /metrics");
     let metrics = log_field(&announced, "addr");
     sluice.wait_for_log("backends changed");
@@ -98,6 +99,29 @@ fn promtool_accepts_the_exposition_and_access_log_has_one_line_per_connection() 
     );
 }
 
+/// A real Prometheus scraping `target` every second; its web address.
+fn prometheus(dir: &Path, target: &str) -> (Proc, String) {
+    let web = format!("127.0.0.1:{}", free_port());
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: sluice\n    \
+             static_configs: [{{targets: ['{target}']}}]\n"
+        ),
+    )
+    .unwrap();
+    let prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (apt-get install prometheus)");
+    (Proc(prometheus), web)
+}
+
 #[test]
 fn a_real_prometheus_scrapes_sluice() {
     let Observed {
@@ -113,29 +137,7 @@ fn a_real_prometheus_scrapes_sluice() {
     let mut stream = TcpStream::connect(sluice.addrs[0]).unwrap();
     assert_eq!(redis_command(&mut stream, "PING"), "+PONG\r\n");
 
-    let web = format!("127.0.0.1:{}", free_port());
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: sluice\n    \
-             static_configs: [{{targets: ['{metrics}']}}]\n"
-        ),
-    )
-    .unwrap();
-    let _prometheus = Proc(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address={web}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus (apt-get install prometheus)"),
-    );
+    let (_prometheus, web) = prometheus(dir.path(), metrics);
     let deadline = Instant::now() + 3 * STARTUP;
     loop {
         // Prometheus answers 503 until its storage is ready.
@@ -207,4 +209,76 @@ fn status_page_renders_in_headless_chromium() {
         std::fs::metadata(&screenshot).unwrap().len() > 1000,
         "empty screenshot"
     );
+}
+
+/// Every PromQL expression of the Grafana dashboard, with its variables
+/// set to "everything" and `$__rate_interval` to a minute.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/sluice.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    let mut panels: Vec<&serde_json::Value> = dashboard["panels"].as_array().unwrap().iter().collect();
+    while let Some(panel) = panels.pop() {
+        panels.extend(panel["panels"].as_array().into_iter().flatten());
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*")
+                .replace("$listener", ".*");
+            queries.push((panel["title"].as_str().unwrap_or_default().to_string(), expr));
+        }
+    }
+    queries
+}
+
+/// `text` for a URL's query string.
+fn url_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn every_dashboard_query_returns_series_from_a_real_prometheus() {
+    let Observed {
+        sluice, metrics, dir, ..
+    } = &observed_sluice(&[]);
+    let (_prometheus, web) = prometheus(dir.path(), metrics);
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 20, "{} queries", queries.len());
+    let deadline = Instant::now() + 3 * STARTUP;
+    let mut empty: Vec<&(String, String)> = queries.iter().collect();
+    let mut found = Vec::new();
+    while !empty.is_empty() {
+        // Traffic between scrapes, so that every rate has something to show.
+        let mut stream = TcpStream::connect(sluice.addrs[0]).unwrap();
+        assert_eq!(redis_command(&mut stream, "PING"), "+PONG\r\n");
+        drop(stream);
+        empty.retain(|(title, expr)| {
+            let answer = try_http_get(&web, &format!("/api/v1/query?query={}", url_encoded(expr)));
+            let series = answer
+                .ok()
+                .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .and_then(|json| json["data"]["result"].as_array().map(Vec::len))
+                .unwrap_or(0);
+            if series > 0 {
+                found.push(format!("{series:>3} series  {title}: {expr}"));
+            }
+            series == 0
+        });
+        assert!(
+            Instant::now() < deadline,
+            "dashboard queries without series: {empty:#?}"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    found.sort();
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join("dashboard-check.txt"), found.join("\n") + "\n").unwrap();
 }

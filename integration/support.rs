@@ -1,5 +1,6 @@
 //! What the end-to-end tests stand on: free ports, BIND as the Consul DNS
-//! stand-in (`consul-dns.sh`), redis, the sluice binary with its log lines as
+//! stand-in (`consul-dns.sh`) and as a Kubernetes cluster DNS
+//! (`cluster-dns.sh`), redis, the sluice binary with its log lines as
 //! readiness signals, and HTTP through the shared test client.
 
 #[allow(dead_code)] // shared with the in-process tests, which use all of it
@@ -43,6 +44,24 @@ pub fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/consul-dns.sh")
 }
 
+fn cluster_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/cluster-dns.sh")
+}
+
+/// `SCRIPT VERB DIR`, how both DNS stand-ins' command lines begin.
+fn dns_command(script: &Path, verb: &str, dir: &Path) -> Command {
+    let mut cmd = Command::new(script);
+    cmd.arg(verb).arg(dir);
+    cmd
+}
+
+/// A DNS stand-in started in a directory of its own, on `port`.
+fn start_dns(script: &Path, port: u16) -> (tempfile::TempDir, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    run(dns_command(script, "start", dir.path()).arg(port.to_string()));
+    (dir, port)
+}
+
 pub fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?} failed: {}", printed(&out));
@@ -65,18 +84,17 @@ pub struct ConsulDns {
 
 impl ConsulDns {
     pub fn start() -> ConsulDns {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        run(Command::new(script())
-            .arg("start")
-            .arg(dir.path())
-            .arg(port.to_string()));
+        Self::start_on(free_port())
+    }
+
+    /// On `port`, e.g. one sluice was told before the server started.
+    pub fn start_on(port: u16) -> ConsulDns {
+        let (dir, port) = start_dns(&script(), port);
         ConsulDns { dir, port }
     }
 
     pub fn change(&self, verb: &str, service: &str, node: &str, port: u16) {
-        let dir = self.dir.path();
-        run(Command::new(script()).args([verb]).arg(dir).args([
+        run(dns_command(&script(), verb, self.dir.path()).args([
             service,
             node,
             "127.0.0.1",
@@ -99,7 +117,50 @@ impl ConsulDns {
 
 impl Drop for ConsulDns {
     fn drop(&mut self) {
-        let _ = Command::new(script()).arg("stop").arg(self.dir.path()).status();
+        let _ = dns_command(&script(), "stop", self.dir.path()).status();
+    }
+}
+
+/// BIND answering like a Kubernetes cluster DNS (CoreDNS) for headless
+/// Services in `cluster.local`, in its own directory and port.
+pub struct ClusterDns {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl ClusterDns {
+    pub fn start() -> ClusterDns {
+        let (dir, port) = start_dns(&cluster_script(), free_port());
+        ClusterDns { dir, port }
+    }
+
+    /// Makes `ip:port` a ready endpoint of the headless `service` in
+    /// `namespace`, on its TCP port named `redis`.
+    pub fn add(&self, service: &str, namespace: &str, ip: &str, port: u16) {
+        self.change("add", service, namespace, ip, port);
+    }
+
+    pub fn del(&self, service: &str, namespace: &str, ip: &str, port: u16) {
+        self.change("del", service, namespace, ip, port);
+    }
+
+    fn change(&self, verb: &str, service: &str, namespace: &str, ip: &str, port: u16) {
+        run(dns_command(&cluster_script(), verb, self.dir.path()).args([
+            service,
+            namespace,
+            ip,
+            &port.to_string(),
+        ]));
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ClusterDns {
+    fn drop(&mut self) {
+        let _ = dns_command(&cluster_script(), "stop", self.dir.path()).status();
     }
 }
 
@@ -173,9 +234,15 @@ pub struct Sluice {
 
 impl Sluice {
     pub fn start(args: &[&str], listeners: usize) -> Sluice {
+        Self::start_with_env(args, listeners, &[])
+    }
+
+    /// As [`Sluice::start`], with these environment variables set.
+    pub fn start_with_env(args: &[&str], listeners: usize, env: &[(&str, &str)]) -> Sluice {
         let mut child = Command::new(SLUICE)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::Control;
-use crate::config::{BackendSource, Balance, Listener, Protocol, Secret};
+use crate::config::{Balance, Listener, Protocol, Secret};
 use crate::discovery::QueryState;
 use crate::metrics::{self, LiveFamily, Metrics};
 use crate::proxy::Context;
@@ -57,6 +57,15 @@ struct View {
     listeners: Vec<Arc<Context>>,
     queries: Vec<Arc<QueryState>>,
     api_token: Option<Secret>,
+}
+
+/// The body of `/ready`.
+#[derive(Debug, Serialize)]
+struct Readiness {
+    ready: bool,
+    listeners: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    waiting_for: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -129,6 +138,30 @@ impl Admin {
         self.view.store(Arc::new(view));
     }
 
+    /// 200 once every listener is bound (it is, once shown here) and has
+    /// had its first discovery answer; 503 with what is awaited until then.
+    fn readiness(&self) -> (StatusCode, Readiness) {
+        let view = self.view.load();
+        let waiting_for: Vec<String> = view
+            .listeners
+            .iter()
+            .filter_map(|ctx| ctx.waiting_for())
+            .collect();
+        let ready = waiting_for.is_empty();
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let listeners = view.listeners.len();
+        let readiness = Readiness {
+            ready,
+            listeners,
+            waiting_for,
+        };
+        (status, readiness)
+    }
+
     /// The token the API's changes need, if configured.
     pub(crate) fn api_token(&self) -> Option<Secret> {
         self.view.load().api_token.clone()
@@ -170,11 +203,7 @@ impl Admin {
                     name: config.name.clone(),
                     bind: ctx.local_addr.to_string(),
                     protocol: config.protocol(),
-                    query: match &config.backends {
-                        BackendSource::Dns(q) => q.name.clone(),
-                        BackendSource::Consul(q) => crate::discovery::consul::query_name(q),
-                        BackendSource::Static(_) => "static".into(),
-                    },
+                    query: config.backends.name(),
                     balance: config.balance,
                     active_connections: ctx.active.load(Relaxed),
                     resolved: pool.is_some(),
@@ -209,7 +238,7 @@ impl Admin {
         let mut active = LiveFamily::new(
             metrics::LISTENER_ACTIVE_CONNECTIONS,
             "gauge",
-            "Client connections open now.",
+            "Client connections (UDP: flows) open now.",
         );
         let mut flows = LiveFamily::new(metrics::UDP_FLOWS_ACTIVE, "gauge", "UDP flows tracked now.");
         let mut backends = LiveFamily::new(metrics::BACKENDS, "gauge", "Backends in the set, by state.");
@@ -236,10 +265,12 @@ impl Admin {
         for l in &status.listeners {
             let listener = (metrics::LABEL_LISTENER, l.name.clone());
             let open_now = (vec![listener.clone()], l.active_connections as f64);
-            match l.protocol {
-                Protocol::Tcp => active.series.push(open_now),
-                Protocol::Udp => flows.series.push(open_now),
+            // A UDP listener's flows are its connections, for dashboards
+            // that sum over every listener; sluice_udp_flows_active as well.
+            if l.protocol == Protocol::Udp {
+                flows.series.push(open_now.clone());
             }
+            active.series.push(open_now);
             let healthy = l.backends.iter().filter(|b| b.healthy).count();
             for (state, count) in [("healthy", healthy), ("unhealthy", l.backends.len() - healthy)] {
                 let labels = vec![listener.clone(), (metrics::LABEL_STATE, state.to_string())];
@@ -253,26 +284,38 @@ impl Admin {
                 ejections.series.push((labels, b.ejections as f64));
             }
         }
-        self.metrics
-            .render(&[active, flows, backends, total, open, failures, ejections])
+        let mut families = vec![active, flows, backends, total, open, failures, ejections];
+        families.extend(metrics::process_families());
+        self.metrics.render(&families)
     }
 
     async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.uri().path().starts_with("/v1/") {
             return crate::api::respond(self, req).await;
         }
-        let (status, content_type, body) = match (req.method(), req.uri().path()) {
-            (&Method::GET, "/metrics") => {
-                (StatusCode::OK, "text/plain; version=0.0.4", self.render_metrics())
-            }
-            (&Method::GET, "/status") => {
+        // HEAD answers as GET (hyper leaves the body out).
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut response = Response::new(Full::new(Bytes::from("GET or HEAD only\n")));
+            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let (status, content_type, body) = match req.uri().path() {
+            "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", self.render_metrics()),
+            "/status" => {
                 let json = serde_json::to_string_pretty(&self.status()).unwrap_or_default();
                 (StatusCode::OK, "application/json", json)
             }
-            (&Method::GET, "/") => (StatusCode::OK, "text/html; charset=utf-8", html(&self.status())),
-            (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".into()),
-            (&Method::GET, _) => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
-            _ => (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()),
+            "/" => (StatusCode::OK, "text/html; charset=utf-8", html(&self.status())),
+            "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
+            "/ready" => {
+                let (status, readiness) = self.readiness();
+                let json = serde_json::to_string_pretty(&readiness).unwrap_or_default();
+                (status, "application/json", json + "\n")
+            }
+            _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
         };
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;

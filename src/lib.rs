@@ -22,6 +22,7 @@
 //! - [`admin`]: the HTTP endpoint for /metrics, /status, / and /healthz;
 //!   [`api`]: the runtime API under /v1/ on the same endpoint.
 //! - [`alarm`]: how recurring conditions are logged (once, then once a minute).
+//! - [`notify`]: systemd's service notifications (ready, reloading, stopping).
 //! - [`limits`]: the descriptor budget and the default caps derived from it.
 //! - [`net`]: address facts (what can be a peer, what binds where, which
 //!   backend would be sluice itself).
@@ -53,6 +54,7 @@ pub mod health;
 pub mod limits;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod proxy;
 
 mod server;

@@ -203,6 +203,89 @@ impl Metrics {
     }
 }
 
+/// The process's own series, as every Prometheus client library names them:
+/// CPU seconds, resident memory, open and allowed descriptors, start time.
+/// Read from /proc at scrape time (metrics-process would round the CPU
+/// counter down to whole seconds); empty where there is no /proc.
+pub fn process_families() -> Vec<LiveFamily> {
+    let mut families = Vec::new();
+    let mut one = |name, kind, help, value: f64| {
+        let mut family = LiveFamily::new(name, kind, help);
+        family.series.push((Vec::new(), value));
+        families.push(family);
+    };
+    // SAFETY: sysconf only reads constants.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if let Some(stat) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .filter(|_| ticks > 0)
+    {
+        // Fields after the command name, which may hold spaces; proc(5)
+        // numbers them from 1, so field n is at n - 3 here.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let field = |n: usize| {
+            fields
+                .get(n - 3)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let cpu = (field(14) + field(15)) / ticks as f64;
+        one(
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            cpu,
+        );
+        let rss = field(24) * page as f64;
+        one(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            rss,
+        );
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+        });
+        if let Some(boot) = boot {
+            let started = boot + field(22) / ticks as f64;
+            one(
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since unix epoch in seconds.",
+                started,
+            );
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        // Less the descriptor reading the directory.
+        let open = fds.count().saturating_sub(1);
+        one(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            open as f64,
+        );
+    }
+    let limit = crate::limits::descriptor_limit();
+    one(
+        "process_max_fds",
+        "gauge",
+        "Maximum number of open file descriptors.",
+        limit as f64,
+    );
+    families
+}
+
 /// A metric family rendered from live state at scrape time.
 pub struct LiveFamily {
     pub name: &'static str,
@@ -230,7 +313,10 @@ impl LiveFamily {
                 .iter()
                 .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
                 .collect();
-            let _ = writeln!(out, "{}{{{}}} {value}", self.name, labels.join(","));
+            let _ = match labels.is_empty() {
+                true => writeln!(out, "{} {value}", self.name),
+                false => writeln!(out, "{}{{{}}} {value}", self.name, labels.join(",")),
+            };
         }
         out.push('\n');
     }

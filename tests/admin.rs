@@ -183,3 +183,74 @@ async fn slow_and_idle_admin_clients_cannot_hold_the_endpoint() {
         assert!(read.is_ok(), "a slow client is still connected");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn ready_waits_for_every_first_answer_and_head_works() {
+    let dns = FakeDns::start().await;
+    dns.set_mode(common::Mode::ServFail);
+    let b = echo_backends(1).await;
+    let extra = format!(
+        "[listeners.fixed]\nbind = \"127.0.0.1:0\"\nbackends = [\"{}\"]\n",
+        b[0].addr
+    );
+    let sluice = Sluice::start(&config(&dns, &extra)).await;
+    let admin = sluice.metrics.unwrap();
+
+    let (status, body) = http_get(admin, "/ready").await;
+    assert!(status.contains("503"), "{status}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["ready"], false);
+    // The static list counts at once; the DNS listener waits.
+    assert_eq!(
+        body["waiting_for"],
+        serde_json::json!(["listener 'redis': the first answer of redis.service.consul."])
+    );
+    let head = common::http(admin, "HEAD", "/ready", &[], "").await;
+    assert_eq!((head.status, head.body.as_str()), (503, ""));
+
+    // An empty answer is an answer.
+    dns.set_mode(common::Mode::NxDomain);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, body) = http_get(admin, "/ready").await;
+    assert!(status.contains("200"), "{status}: {body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({"ready": true, "listeners": 2})
+    );
+    for path in ["/healthz", "/ready", "/metrics", "/status"] {
+        let head = common::http(admin, "HEAD", path, &[], "").await;
+        assert_eq!((head.status, head.body.as_str()), (200, ""), "HEAD {path}");
+    }
+    let post = common::http(admin, "POST", "/healthz", &[], "").await;
+    assert_eq!((post.status, post.header("allow")), (405, Some("GET, HEAD")));
+}
+
+#[tokio::test]
+async fn process_series_and_udp_flows_as_active_connections() {
+    let dns = FakeDns::start().await;
+    let extra =
+        "[listeners.statsd]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\nbackends = [\"127.0.0.1:9\"]\n";
+    let sluice = Sluice::start(&config(&dns, extra)).await;
+    let (_, text) = http_get(sluice.metrics.unwrap(), "/metrics").await;
+    for series in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        let value = sample(&text, series).unwrap_or_else(|| panic!("no {series} in {text}"));
+        assert!(
+            value > 0.0 || series == "process_cpu_seconds_total",
+            "{series} = {value}"
+        );
+    }
+    assert_eq!(
+        sample(&text, "sluice_listener_active_connections{listener=\"statsd\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "sluice_udp_flows_active{listener=\"statsd\"}"),
+        Some(0.0)
+    );
+}

@@ -270,6 +270,30 @@ pub struct ConsulQuery {
     pub empty_grace: Duration,
 }
 
+impl ConsulQuery {
+    /// The name a watch goes by in logs, metrics and /status.
+    pub fn name(&self) -> String {
+        let tag = self.tag.as_ref().map(|t| format!("{t}.")).unwrap_or_default();
+        let dc = self
+            .datacenter
+            .as_ref()
+            .map(|dc| format!("@{dc}"))
+            .unwrap_or_default();
+        format!("consul:{tag}{}{dc}", self.service)
+    }
+}
+
+impl BackendSource {
+    /// What the listener's backends are found by, as /status names it.
+    pub fn name(&self) -> String {
+        match self {
+            BackendSource::Dns(q) => q.name.clone(),
+            BackendSource::Consul(q) => q.name(),
+            BackendSource::Static(_) => "static".into(),
+        }
+    }
+}
+
 /// How discovery reaches Consul's HTTP API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsulSettings {

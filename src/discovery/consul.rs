@@ -52,17 +52,6 @@ const MAX_BODY: usize = 16 << 20;
 const RESOLVES_AT_ONCE: usize = 16;
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The name a watch goes by in logs, metrics and /status.
-pub fn query_name(query: &ConsulQuery) -> String {
-    let tag = query.tag.as_ref().map(|t| format!("{t}.")).unwrap_or_default();
-    let dc = query
-        .datacenter
-        .as_ref()
-        .map(|dc| format!("@{dc}"))
-        .unwrap_or_default();
-    format!("consul:{tag}{}{dc}", query.service)
-}
-
 /// One entry of Consul's answer; unknown fields are ignored.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -336,8 +325,7 @@ async fn backends(entries: &[Entry], query: &ConsulQuery, unresolved: &Alarm) ->
     if failed.is_empty() && dropped.is_empty() {
         unresolved.clear();
     } else if let Some(repeated) = unresolved.raise() {
-        let (query, unresolved, dropped) =
-            (query_name(query), failed.join(", "), super::Diff::list(&dropped));
+        let (query, unresolved, dropped) = (query.name(), failed.join(", "), super::Diff::list(&dropped));
         warn!(
             query,
             unresolved, dropped, repeated, "instances without a usable address are left out"
@@ -415,9 +403,9 @@ mod tests {
     #[test]
     fn names_say_service_tag_and_datacenter() {
         let mut q = query();
-        assert_eq!(query_name(&q), "consul:web");
+        assert_eq!(q.name(), "consul:web");
         q.tag = Some("primary".into());
         q.datacenter = Some("dc2".into());
-        assert_eq!(query_name(&q), "consul:primary.web@dc2");
+        assert_eq!(q.name(), "consul:primary.web@dc2");
     }
 }

@@ -367,7 +367,7 @@ impl Registry {
             }
             (BackendSource::Consul(query), _) => {
                 let (tx, snapshots) = watch::channel(None);
-                let name = consul::query_name(query);
+                let name = query.name();
                 let state = Arc::new(QueryState::new(&name, self.metrics.query(&name)));
                 let publisher = Publisher::new(tx, state.clone(), query.empty_grace);
                 let watching = consul::watch(

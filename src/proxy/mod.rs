@@ -47,6 +47,19 @@ pub struct Context {
 }
 
 impl Context {
+    /// What keeps this listener from being ready, if anything: the first
+    /// answer of its discovery (a bound listener is ready once it has one).
+    pub fn waiting_for(&self) -> Option<String> {
+        let waiting = self.upstream.current().is_none();
+        waiting.then(|| {
+            format!(
+                "listener '{}': the first answer of {}",
+                self.config.name,
+                self.config.backends.name()
+            )
+        })
+    }
+
     /// The first context of a new listener.
     pub fn first(
         config: Listener,

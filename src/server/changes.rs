@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 use super::{ReloadReport, Running};
 use crate::Error;
 use crate::config::{Config, ConfigError, Origin, ProblemKind, save_runtime_file};
+use crate::notify;
 
 /// What the server is asked to do.
 pub(super) enum Command {
@@ -122,6 +123,7 @@ impl Running {
                 let _ = done.send(result);
             }
             Command::ReloadFile { done } => {
+                notify::reloading();
                 let sources = self.sources.clone();
                 let result = match compose(move || Config::compose(sources.reread()?)).await {
                     Ok(config) => self.apply(config, Origin::File),
@@ -131,6 +133,8 @@ impl Running {
                         Err(Error::Invalid(e))
                     }
                 };
+                // Serving again either way: the new configuration, or the old one.
+                notify::ready(&self.summary());
                 let _ = done.send(result);
             }
             Command::Listener { name, table, done } => {

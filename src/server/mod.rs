@@ -39,6 +39,7 @@ use crate::discovery::dns::DnsClient;
 use crate::health::Checks;
 use crate::metrics::Metrics;
 use crate::net::OwnSockets;
+use crate::notify;
 use crate::proxy::{self, Context};
 use changes::Command;
 use plan::Change;
@@ -235,12 +236,21 @@ impl Server {
         // Keeps the command channel open while we run.
         let _control = control;
 
+        let mut first_answers = Some(Box::pin(running.first_answers()));
         loop {
             tokio::select! {
                 Some(command) = commands.recv() => running.handle(command).await,
+                () = async { first_answers.as_mut().expect("awaited only while set").await },
+                    if first_answers.is_some() => {
+                    first_answers = None;
+                    let summary = running.summary();
+                    info!(%summary, "ready");
+                    notify::ready(&summary);
+                }
                 _ = shutdown.cancelled() => break,
             }
         }
+        notify::stopping("stopping: open connections are finishing");
         running.shut_down().await;
     }
 }
@@ -439,6 +449,37 @@ impl Running {
             "configuration reloaded"
         );
         Ok(report)
+    }
+
+    /// Completes once every listener running now has had its first
+    /// discovery answer (a listener removed meanwhile counts as done).
+    fn first_answers(&self) -> impl Future<Output = ()> + Send + use<> {
+        let answers: Vec<_> = self
+            .listeners
+            .values()
+            .map(|s| s.current.load().upstream.resolved())
+            .collect();
+        async move {
+            for answer in answers {
+                answer.await;
+            }
+        }
+    }
+
+    /// One line for the service manager: listeners and backends.
+    fn summary(&self) -> String {
+        let backends: Vec<_> = self
+            .listeners
+            .values()
+            .flat_map(|s| s.current.load().upstream.current())
+            .flat_map(|pool| pool.views())
+            .collect();
+        let healthy = backends.iter().filter(|b| b.available).count();
+        let listeners = self.listeners.len();
+        format!(
+            "serving {listeners} listener(s), {} backend(s), {healthy} healthy",
+            backends.len()
+        )
     }
 
     /// Shows the current listeners and queries on the status page, and
