@@ -439,6 +439,15 @@ def render(results_path, out_path):
     ]
     ref = [("haproxy", "haproxy"), ("direct", "direct")]
     header = [""] + tcp + [f"{v} ÷ {r}" for v in variants for r, _ in ref]
+
+    slack = meta.get("idle_slack", "?")
+    raise_limit = "raise the hard limit: `ulimit -Hn`, `LimitNOFILE=`, `docker run --ulimit nofile=`"
+
+    def idle(n):
+        """N idle connections, and what was asked for when N stands in for more."""
+        asked = meta.get(f"idle_asked.{n}")
+        return f"{int(n):,} idle" + (f", for {int(asked):,}: see below" if asked else "")
+
     rows = [
         ("redis PING ops/s (50 connections)", "ping.rps", 0, rounds),
         ("redis GET ops/s", "get.rps", 0, rounds),
@@ -446,9 +455,10 @@ def render(results_path, out_path):
         ("redis GET p99 ms", "get.p99", 3, rounds),
         ("new connections/s (redis-benchmark -k 0)", "newconn.rps", 0, rounds),
         ("iperf3 single stream Gbit/s", "iperf.gbps", 2, rounds),
-        *((f"RSS per idle proxied connection, KB ({int(n):,} idle)", f"rss.per_conn_kb.{n}", 1, rounds)
+        *((f"RSS per idle proxied connection, KB ({idle(n)})", f"rss.per_conn_kb.{n}", 1, rounds)
           for n in idle_sizes),
-        ("proxy RSS before the idle connections, MB", "rss.base_mb", 1, None),
+        *((f"proxy RSS before the idle connections, MB (instance for {int(n):,})", f"rss.base_mb.{n}", 1, rounds)
+          for n in idle_sizes),
     ]
     body = []
     for label, key, digits, expect in rows:
@@ -458,13 +468,28 @@ def render(results_path, out_path):
     md += table(header, body)
     md += [
         "",
-        "Ratios: above 1 is better for ops/s, conn/s and Gbit/s, worse for latency and RSS. The sluice "
-        "variants share one process, so their base RSS is the same.",
+        "Ratios: above 1 is better for ops/s, conn/s and Gbit/s, worse for latency and RSS.",
+        "",
+        "Idle memory: every size, target and round has a proxy process of its own, started for that "
+        f"measurement alone and sized for its N plus {slack} (sluice: one listener with a static backend, the "
+        "variant's settings and max_connections; HAProxy: nbthread 1, one `listen` with a static `server`, "
+        "maxconn; nginx: worker_processes 1, a static upstream, worker_connections), pinned like the others. "
+        "Its RSS (VmRSS, all its processes) is taken once one warm-up connection has carried a PING through "
+        "to redis and closed, so one-time allocations (thread stacks, first-connection buffers) are in the "
+        "base row; then N connections that have each carried one PING/PONG are held idle, the backend "
+        "holding all N, and the cell is (RSS then − base) ÷ N. A fresh process every time, because a "
+        "long-running one reuses the memory an earlier round freed and shows ~0 from the second round on. "
+        "What a proxy allocates up front for its configured maximum (nginx's connection table, HAProxy's "
+        "descriptor table) is in its base row, not in the per-connection one.",
     ]
     for n in idle_sizes:
         if meta.get(f"idle_skipped.{n}"):
-            md.append(f"RSS with {int(n):,} idle connections: not measured, {meta[f'idle_skipped.{n}']} "
-                      "(raise the hard limit: `ulimit -Hn`, `LimitNOFILE=`, `docker run --ulimit nofile=`).")
+            md += ["", f"RSS with {int(n):,} idle connections: not measured, {meta[f'idle_skipped.{n}']} "
+                   f"({raise_limit})."]
+        if meta.get(f"idle_asked.{n}"):
+            md += ["", f"{int(n):,} idle connections instead of the {int(meta[f'idle_asked.{n}']):,} asked for: "
+                   f"{meta.get(f'idle_why.{n}', '?')}; {int(n):,} is the largest hundred that fits "
+                   f"(for the full count, {raise_limit})."]
 
     md += ["", "## PROXY protocol cost", ""]
     md += table(
