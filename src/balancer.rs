@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::alarm::Alarm;
@@ -542,6 +542,11 @@ impl Lease {
             }
             None => debug!(backend = %state.addr, %error, "backend failed"),
         }
+    }
+
+    /// As [`Lease::removed`], owning what it waits on.
+    pub fn removed_owned(&self) -> WaitForCancellationFutureOwned {
+        self.state.removed.clone().cancelled_owned()
     }
 
     /// Resolves once the backend has left the set.

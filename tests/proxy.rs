@@ -61,12 +61,19 @@ async fn failed_priority_group_fails_over_to_the_next() {
     assert_eq!(backend_port(sluice.addr()).await, backup[0].addr.port());
 }
 
-/// The forwarding tests run once with splice(2) and once with copying.
-const SPLICE: [&str; 2] = ["splice = true", "splice = false"];
+/// The forwarding tests run on every data path: copying that turns to
+/// splice(2) for bulk (the default), splice alone, copying alone, and the
+/// older `splice` key.
+const DATA_PATHS: [&str; 4] = [
+    "data_path = \"auto\"",
+    "data_path = \"splice\"",
+    "data_path = \"copy\"",
+    "splice = false",
+];
 
 #[tokio::test]
 async fn client_half_close_still_gets_the_reply() {
-    for mode in SPLICE {
+    for mode in DATA_PATHS {
         let b = echo_backends(1).await;
         let sluice = Sluice::start(&static_config(&[b[0].addr], mode)).await;
         let mut stream = TcpStream::connect(sluice.addr()).await.unwrap();
@@ -92,7 +99,7 @@ where
 
 #[tokio::test]
 async fn backend_half_close_still_receives_the_client() {
-    for mode in SPLICE {
+    for mode in DATA_PATHS {
         // The backend says its piece, closes its side, then reads everything.
         let (backend, received) = scripted_backend(|mut stream| async move {
             stream.write_all(b"bye").await.unwrap();
@@ -116,7 +123,7 @@ async fn backend_half_close_still_receives_the_client() {
 
 #[tokio::test]
 async fn backend_closing_first_ends_the_client_cleanly() {
-    for mode in SPLICE {
+    for mode in DATA_PATHS {
         let (backend, _) = scripted_backend(|mut stream| async move {
             stream.write_all(b"bye").await.unwrap();
             Vec::new() // dropped: a full close, both directions
@@ -132,7 +139,7 @@ async fn backend_closing_first_ends_the_client_cleanly() {
 
 #[tokio::test]
 async fn a_backend_reset_resets_the_client() {
-    for mode in SPLICE {
+    for mode in DATA_PATHS {
         let (backend, _) = scripted_backend(|stream| async move {
             let mut buf = [0u8; 5];
             let mut stream = stream;
@@ -172,7 +179,7 @@ async fn a_backend_that_answers_then_resets_still_has_its_answer_delivered() {
     // with an error line and closes with input unread (a reset). Directly,
     // the client's write fails and it still reads the line; so through sluice.
     const ANSWER: &[u8] = b"-ERR Protocol error: too big inline request\r\n";
-    for mode in SPLICE {
+    for mode in DATA_PATHS {
         for round in 0..20 {
             let (backend, _) = scripted_backend(|mut stream| async move {
                 let mut head = [0u8; 16];
@@ -197,7 +204,7 @@ async fn a_backend_that_answers_then_resets_still_has_its_answer_delivered() {
 
 #[tokio::test]
 async fn a_client_that_sends_then_resets_still_has_its_bytes_delivered() {
-    for mode in SPLICE {
+    for mode in DATA_PATHS {
         let (backend, received) =
             scripted_backend(|mut stream| async move { read_until_closed(&mut stream).await }).await;
         let sluice = Sluice::start(&static_config(&[backend], mode)).await;
@@ -221,7 +228,7 @@ async fn a_client_that_sends_then_resets_still_has_its_bytes_delivered() {
 
 #[tokio::test]
 async fn many_small_writes_all_arrive_in_order_without_a_stall() {
-    for mode in SPLICE {
+    for mode in DATA_PATHS {
         // Many small writes, queued before sluice reads them.
         let (backend, _) = scripted_backend(|stream| async move {
             stream.set_nodelay(true).unwrap();
@@ -247,7 +254,7 @@ async fn many_small_writes_all_arrive_in_order_without_a_stall() {
 
 #[tokio::test]
 async fn large_transfer_arrives_intact_and_is_counted_exactly() {
-    for mode in SPLICE {
+    for mode in DATA_PATHS {
         let b = echo_backends(1).await;
         let config = format!("metrics = \"127.0.0.1:0\"\n{}", static_config(&[b[0].addr], mode));
         let sluice = Sluice::start(&config).await;
@@ -430,4 +437,33 @@ async fn a_backend_that_is_sluice_itself_is_never_used() {
         assert_eq!(backend_port(entry).await, good[0].addr.port());
     }
     assert_eq!(logs.count("own listening sockets"), 1, "{}", logs.text());
+}
+
+/// Writes a line on an open connection; whether it came back.
+async fn echoes(conn: &mut tokio::io::BufReader<TcpStream>) -> bool {
+    if conn.get_mut().write_all(b"still\n").await.is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    matches!(conn.read_line(&mut line).await, Ok(n) if n > 0) && line == "still\n"
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_backends_connections_drain_for_drain_timeout_only_if_set() {
+    for (drain, closes) in [("drain_timeout = \"3s\"", true), ("", false)] {
+        let dns = FakeDns::start().await;
+        let b = echo_backends(2).await;
+        dns.set_backends("redis", &[b[0].addr]);
+        let sluice = Sluice::start(&dns_config(&dns, "redis", drain)).await;
+        let (mut open, port) = connect(sluice.addr()).await;
+        assert_eq!(port, b[0].addr.port());
+
+        dns.set_backends("redis", &[b[1].addr]);
+        // Seen within a refresh (1s); the drain counts from then.
+        sleep(Duration::from_millis(2500)).await;
+        assert!(echoes(&mut open).await, "{drain}: ended before its drain timeout");
+        assert_eq!(backend_port(sluice.addr()).await, b[1].addr.port());
+        sleep(Duration::from_secs(3)).await;
+        assert_eq!(!echoes(&mut open).await, closes, "{drain:?}");
+    }
 }

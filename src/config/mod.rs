@@ -163,12 +163,30 @@ pub struct TcpSettings {
     pub max_connections: usize,
     /// Log one line per closed connection.
     pub access_log: bool,
-    /// Forward with splice(2) (Linux) instead of copying through user space.
-    pub splice: bool,
+    /// How established connections' bytes move.
+    pub data_path: DataPath,
     /// Send backends a PROXY protocol header with the client's addresses.
     pub proxy_protocol: Option<ProxyVersion>,
     /// Read a PROXY protocol header (v1 or v2) from each client first.
     pub accept_proxy: bool,
+}
+
+/// How a TCP listener moves the bytes of established connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataPath {
+    /// Copy through user space, and splice(2) a direction once one read
+    /// fills the buffer: small exchanges take one read and one write, bulk
+    /// transfers never enter user space. The default.
+    Auto,
+    /// splice(2) through pipes (Linux), whatever the size.
+    Splice,
+    /// Copy through user space.
+    Copy,
+    /// The kernel redirects bytes from socket to socket (a BPF SOCKMAP
+    /// program), so sluice is not woken per message; `auto` where that
+    /// cannot be set up.
+    Sockmap,
 }
 
 /// A version of the PROXY protocol (HAProxy's): v1 is a text line, v2 binary.

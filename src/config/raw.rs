@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Balance, Protocol, ProxyVersion};
+use super::{Balance, DataPath, Protocol, ProxyVersion};
 
 pub(super) type Dur = Spanned<humantime_serde::Serde<Duration>>;
 
@@ -92,6 +92,7 @@ pub(super) struct RawListener {
     pub max_connections: Option<Spanned<i64>>,
     pub access_log: Option<Spanned<bool>>,
     pub splice: Option<Spanned<bool>>,
+    pub data_path: Option<Spanned<DataPath>>,
     pub proxy_protocol: Option<Spanned<ProxyVersion>>,
     pub accept_proxy: Option<Spanned<bool>>,
     // UDP only.
@@ -119,6 +120,7 @@ impl RawListener {
                 ),
                 ("access_log", self.access_log.as_ref().map(Spanned::span)),
                 ("splice", self.splice.as_ref().map(Spanned::span)),
+                ("data_path", self.data_path.as_ref().map(Spanned::span)),
                 ("proxy_protocol", self.proxy_protocol.as_ref().map(Spanned::span)),
                 ("accept_proxy", self.accept_proxy.as_ref().map(Spanned::span)),
             ]),

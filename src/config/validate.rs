@@ -16,9 +16,9 @@ use super::names::{
 };
 use super::raw::{Discovery, Dur, RawApiListeners, RawConfig, RawHealth, RawListener};
 use super::{
-    BackendSource, Balance, Config, ConsulAddr, ConsulQuery, ConsulSettings, DnsSettings, HealthCheck,
-    Listener, MAX_DURATION, Mode, Origin, Protocol, ProxyVersion, Secret, Sources, SrvQuery, TcpSettings,
-    Text, UdpSettings, relative_to, shorthand, tables,
+    BackendSource, Balance, Config, ConsulAddr, ConsulQuery, ConsulSettings, DataPath, DnsSettings,
+    HealthCheck, Listener, MAX_DURATION, Mode, Origin, Protocol, ProxyVersion, Secret, Sources, SrvQuery,
+    TcpSettings, Text, UdpSettings, relative_to, shorthand, tables,
 };
 use crate::net::binds_overlap;
 
@@ -479,6 +479,21 @@ impl<'a> Validator<'a> {
         });
     }
 
+    /// `data_path`, or the older `splice` (true: splice, false: copy).
+    fn data_path(&mut self, raw: &RawListener, scope: &Scope) -> DataPath {
+        match (&raw.data_path, &raw.splice) {
+            (Some(path), Some(_)) => {
+                let message = "set `data_path` alone (`splice = false` is `data_path = \"copy\"`)";
+                self.problem_at(scope, path, "data_path", message);
+                *path.get_ref()
+            }
+            (Some(path), None) => *path.get_ref(),
+            (None, Some(splice)) if *splice.get_ref() => DataPath::Splice,
+            (None, Some(_)) => DataPath::Copy,
+            (None, None) => DataPath::Auto,
+        }
+    }
+
     /// The API's bearer token: `api_token_file`'s contents (relative to the
     /// configuration's directory), else `SLUICE_API_TOKEN`.
     fn api_token(&mut self, global: &Scope, raw: &RawConfig, sources: &Sources) -> Option<Secret> {
@@ -585,7 +600,7 @@ impl<'a> Validator<'a> {
                     crate::limits::default_max_connections(),
                 ),
                 access_log: flag(&raw.access_log, false),
-                splice: flag(&raw.splice, true),
+                data_path: self.data_path(raw, scope),
                 proxy_protocol: raw.proxy_protocol.as_ref().map(|v| *v.get_ref()),
                 accept_proxy: flag(&raw.accept_proxy, false),
             }),

@@ -1,10 +1,10 @@
 //! Proxying: what a listener's connections or flows share ([`Context`]), the
 //! accept loop and connection life of each protocol (`tcp`, `udp`), and TCP
-//! byte forwarding (`forward`, with the zero-copy `splice` path on Linux).
+//! byte forwarding (`forward`, with the zero-copy `splice` path).
 
 mod forward;
 pub mod proxy_protocol;
-#[cfg(target_os = "linux")]
+mod sock;
 mod splice;
 pub mod tcp;
 pub mod udp;
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
 pub use forward::{End, Transfer};
+pub use sock::{Listening, register_listener};
 
 use crate::alarm::Alarm;
 use crate::balancer::{Lease, Upstream};
@@ -36,8 +37,6 @@ pub struct Context {
     pub metrics: ListenerMetrics,
     /// Client connections (TCP) or flows (UDP) open now, across reloads.
     pub active: Arc<AtomicUsize>,
-    /// Cancelled when a reload removes the listener: its connections drain.
-    pub retired: CancellationToken,
     /// Cancelled when the shutdown grace is over: open connections close.
     pub hard_stop: CancellationToken,
     /// The listener's log span: each line its tasks log names the listener.
@@ -75,7 +74,6 @@ impl Context {
             upstream,
             metrics,
             active: Arc::default(),
-            retired: CancellationToken::new(),
             hard_stop,
             span,
             bad_headers: Alarm::new(),
@@ -91,20 +89,17 @@ impl Context {
             upstream,
             metrics,
             active: self.active.clone(),
-            retired: self.retired.clone(),
             hard_stop: self.hard_stop.clone(),
             span: self.span.clone(),
             bad_headers: Alarm::new(),
         }
     }
 
-    /// Resolves once a connection or flow on `lease` must end: its backend
-    /// or this listener was removed and `drain_timeout` has passed.
+    /// Resolves once a flow on `lease` must end: its backend or this
+    /// listener was removed (both cancel the lease's backend) and
+    /// `drain_timeout` has passed.
     pub async fn drain_over(&self, lease: &Lease) {
-        tokio::select! {
-            _ = lease.removed() => {}
-            _ = self.retired.cancelled() => {}
-        }
+        lease.removed().await;
         match self.config.drain_timeout {
             Some(grace) => tokio::time::sleep(grace).await,
             // Unlimited: the connection ends by itself or by idle timeout.

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ppp::{HeaderResult, PartialResult, v1, v2};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+
+use super::sock::{Sock, read_some};
 
 use crate::config::ProxyVersion;
 
@@ -58,13 +58,14 @@ impl fmt::Display for BadHeader {
 /// Returns whom the connection is for, and the client's bytes read past the
 /// header, which belong to the backend.
 pub async fn accept(
-    stream: &mut TcpStream,
+    stream: &Sock,
     peer: SocketAddr,
     local: SocketAddr,
     wait: Duration,
 ) -> Result<(Origin, Vec<u8>), BadHeader> {
     let mut buf = Vec::with_capacity(256);
     let read = async {
+        let mut chunk = [0u8; 512];
         loop {
             if let Some((origin, consumed)) = parse(&buf, peer, local)? {
                 buf.drain(..consumed);
@@ -73,11 +74,10 @@ pub async fn accept(
             if buf.len() >= MAX_HEADER {
                 return Err(BadHeader::TooLarge);
             }
-            buf.reserve(MAX_HEADER - buf.len());
-            let mut limited = (&mut *stream).take((MAX_HEADER - buf.len()) as u64);
-            match limited.read_buf(&mut buf).await {
+            let room = chunk.len().min(MAX_HEADER - buf.len());
+            match read_some(stream, &mut chunk[..room]).await {
                 Ok(0) | Err(_) => return Err(BadHeader::Closed),
-                Ok(_) => {}
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
     };

@@ -1,30 +1,34 @@
 //! TCP proxying: one listener's accept loop, and the life of one connection:
 //! read the client's PROXY header if it must send one, wait for the first
 //! discovery answer if needed, choose a backend, connect with retry on
-//! refusal or timeout, send the backend our PROXY header if it wants one,
-//! then forward both ways (`forward`).
+//! refusal or timeout, send the backend our PROXY header if it wants one
+//! (all of that is `setup`, boxed, so its state is freed once it is done),
+//! then relay both ways (`forward::Relay`) until the end.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::time::{Instant, timeout};
-use tokio_util::sync::CancellationToken;
+use std::task::{Context as TaskContext, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep, timeout};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
 use super::Context;
-use super::forward::{Sock, forward};
+use super::forward::{End, Relay};
 use super::proxy_protocol::{self, BadHeader, Origin};
+use super::sock::{self, Listening, Sock};
 use crate::alarm::Alarm;
 use crate::balancer::{Lease, Pool};
-use crate::config::{Mode, TcpSettings};
+use crate::config::{DataPath, MAX_DURATION, Mode, TcpSettings};
 
 /// Distinct backends tried for one client before giving up.
 const MAX_ATTEMPTS: usize = 3;
@@ -37,7 +41,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Each connection takes the context current when it arrives, so a reload
 /// changes new connections only; `limit` is resized by reload too.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listening,
     current: Arc<ArcSwap<Context>>,
     limit: Arc<Semaphore>,
     stop: CancellationToken,
@@ -53,7 +57,7 @@ pub async fn serve(
             _ = stop.cancelled() => break,
         };
         let (client, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = sock::accept(&listener) => match accepted {
                 Ok(accepted) => {
                     if accept_failing.clear() {
                         info!("accepting again");
@@ -74,16 +78,9 @@ pub async fn serve(
         };
         let ctx = current.load_full();
         ctx.metrics.connections.increment(1);
-        let open = Open::new(&ctx.active);
+        let open = (Open::new(&ctx.active), permit);
         let span = ctx.span.clone();
-        let connection = async move {
-            tokio::select! {
-                _ = handle(client, peer, &ctx) => {}
-                _ = ctx.hard_stop.cancelled() => {}
-            }
-            drop((open, permit));
-        };
-        tracker.spawn(connection.instrument(span));
+        tracker.spawn(connection(client, peer, ctx, open).instrument(span));
     }
     info!("stopped accepting");
 }
@@ -104,74 +101,255 @@ impl Drop for Open {
     }
 }
 
-async fn handle(mut client: TcpStream, peer: SocketAddr, ctx: &Context) {
-    // Protocol changes rebind, so a TCP listener's context is always TCP.
-    let Mode::Tcp(settings) = ctx.config.mode else {
-        return;
+/// A connection whose backend is connected, ready to relay.
+struct Established {
+    backend: Sock,
+    lease: Lease,
+    /// The client as the PROXY header named it or the peer, kept where
+    /// it is needed at the end (`accept_proxy`, `access_log`).
+    client: Option<Box<SocketAddr>>,
+}
+
+pin_project! {
+    /// One connection's task, from accept to close. Written out by hand
+    /// because its relaying state is what every idle connection costs: it
+    /// holds the relay, one timer and one wait, nothing else (the setup
+    /// before it is boxed, and freed once done).
+    struct Connection {
+        #[pin]
+        phase: Phase,
+        // Counts the connection open for as long as the task lives.
+        _open: (Open, OwnedSemaphorePermit),
+    }
+}
+
+pin_project! {
+    #[project = PhaseProj]
+    enum Phase {
+        // The setup's state stays in its box; what it hands over is small.
+        Setup { setup: Pin<Box<dyn Future<Output = Option<(Sock, Established)>> + Send>>, ctx: Arc<Context> },
+        Relaying { #[pin] relaying: Relaying },
+        Done,
+    }
+}
+
+impl Future for Connection {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let mut phase = self.project().phase;
+        loop {
+            match phase.as_mut().project() {
+                PhaseProj::Setup { setup, ctx } => match ready!(setup.as_mut().poll(cx)) {
+                    Some((client, established)) => {
+                        let relaying = Relaying::new(client, established, ctx.clone());
+                        phase.set(Phase::Relaying { relaying });
+                    }
+                    None => phase.set(Phase::Done),
+                },
+                PhaseProj::Relaying { relaying } => {
+                    ready!(relaying.poll(cx));
+                    phase.set(Phase::Done);
+                }
+                PhaseProj::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+fn connection(
+    client: Sock,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    open: (Open, OwnedSemaphorePermit),
+) -> Connection {
+    let context = ctx.clone();
+    let setup = async move {
+        // Protocol changes rebind, so a TCP listener's context is always TCP.
+        let Mode::Tcp(settings) = &ctx.config.mode else {
+            return None;
+        };
+        let established = tokio::select! {
+            established = setup(&client, peer, &ctx, settings) => established?,
+            _ = ctx.hard_stop.cancelled() => return None,
+        };
+        Some((client, established))
     };
-    // Best effort: a socket that cannot take options still forwards correctly.
-    let _ = client.set_nodelay(true);
-    let (origin, early) = match origin(&mut client, peer, ctx, &settings).await {
+    Connection {
+        phase: Phase::Setup {
+            setup: Box::pin(setup),
+            ctx: context,
+        },
+        _open: open,
+    }
+}
+
+pin_project! {
+    /// Relaying until the connection ends, idles, its drain ends (its
+    /// backend or listener removed) or the shutdown grace is over; then the
+    /// connection is logged.
+    struct Relaying {
+        relay: Relay,
+        ctx: Arc<Context>,
+        lease: Lease,
+        // The client, kept where the access log or a PROXY header needs
+        // it; otherwise read back from the socket for debug logs.
+        client: Option<Box<SocketAddr>>,
+        started: Instant,
+        idle: Duration,
+        // Set once the lease's backend is removed, with a drain timeout.
+        drain_ends: Option<Instant>,
+        // The lease's removal; once seen, the hard stop (which also
+        // removes every backend, so one wait serves both).
+        #[pin]
+        waiting: WaitForCancellationFutureOwned,
+        // The idle deadline as last known, or the drain's end.
+        #[pin]
+        timer: Sleep,
+    }
+}
+
+impl Relaying {
+    fn new(client: Sock, established: Established, ctx: Arc<Context>) -> Relaying {
+        let (data_path, idle) = match ctx.config.mode {
+            Mode::Tcp(settings) => (settings.data_path, settings.idle_timeout),
+            // Never: protocol changes rebind, a TCP listener's context is TCP.
+            Mode::Udp(_) => (DataPath::Copy, MAX_DURATION),
+        };
+        let Established {
+            backend,
+            lease,
+            client: address,
+        } = established;
+        let now = Instant::now();
+        Relaying {
+            relay: Relay::new(client, backend, data_path),
+            waiting: lease.removed_owned(),
+            ctx,
+            lease,
+            client: address,
+            started: now,
+            idle,
+            drain_ends: None,
+            timer: tokio::time::sleep_until(now + idle),
+        }
+    }
+}
+
+impl Future for Relaying {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let end = 'ended: {
+            while this.waiting.as_mut().poll(cx).is_ready() {
+                if this.ctx.hard_stop.is_cancelled() {
+                    break 'ended End::Stopped;
+                }
+                if let Some(grace) = this.ctx.config.drain_timeout {
+                    let ends = Instant::now() + grace;
+                    *this.drain_ends = Some(ends);
+                    if ends < this.timer.deadline() {
+                        this.timer.as_mut().reset(ends);
+                    }
+                }
+                this.waiting.set(this.ctx.hard_stop.clone().cancelled_owned());
+            }
+            if let Some(end) = this.relay.poll_directions(cx, &this.ctx.metrics) {
+                break 'ended end;
+            }
+            loop {
+                ready!(this.timer.as_mut().poll(cx));
+                let now = Instant::now();
+                if this.drain_ends.is_some_and(|ends| ends <= now) {
+                    break 'ended End::Drained;
+                }
+                // Moved only when it fires, not per message.
+                let idle_ends = this.relay.last_moved + *this.idle;
+                if idle_ends <= now {
+                    break 'ended End::Idle;
+                }
+                this.timer
+                    .as_mut()
+                    .reset(this.drain_ends.map_or(idle_ends, |ends| ends.min(idle_ends)));
+            }
+        };
+        let transfer = this.relay.finish(end);
+        let duration = this.started.elapsed();
+        this.ctx.metrics.duration.record(duration.as_secs_f64());
+        let ended = &transfer.end;
+        let backend = this.lease.addr();
+        let (up, down) = (transfer.up, transfer.down);
+        let client = || match this.client.as_deref() {
+            Some(client) => client.to_string(),
+            None => this
+                .relay
+                .client_peer()
+                .map_or_else(|| "unknown".into(), |peer| peer.to_string()),
+        };
+        let access_log = matches!(
+            this.ctx.config.mode,
+            Mode::Tcp(TcpSettings { access_log: true, .. })
+        );
+        if access_log {
+            info!(target: "sluice::access", client = %client(), %backend, up, down, ?duration, %ended);
+        } else {
+            debug!(client = %client(), %backend, up, down, ?duration, %ended, "connection ended");
+        }
+        Poll::Ready(())
+    }
+}
+
+/// Everything before the relay: the client's PROXY header, the first
+/// discovery answer, a connected backend and our header to it.
+async fn setup(
+    client: &Sock,
+    peer: SocketAddr,
+    ctx: &Context,
+    settings: &TcpSettings,
+) -> Option<Established> {
+    let (origin, early) = match origin(client, peer, ctx, settings).await {
         Ok(found) => found,
         Err(bad) => {
             ctx.metrics.proxy_protocol_errors.increment(1);
             if let Some(repeated) = ctx.bad_headers.raise() {
                 warn!(client = %peer, error = %bad, repeated, "PROXY header refused, connection closed");
             }
-            return;
+            return None;
         }
     };
-    let Some(pool) = ctx.upstream.ready(ctx.config.connect_timeout).await else {
+    // The wait (and its timer) only before the first answer: boxed, so
+    // that every connection's setup need not make room for it.
+    let ready = match ctx.upstream.current() {
+        Some(pool) => Some(pool),
+        None => Box::pin(ctx.upstream.ready(ctx.config.connect_timeout)).await,
+    };
+    let Some(pool) = ready else {
         ctx.upstream.unreachable(peer, "no discovery answer yet");
-        return;
+        return None;
     };
-    let Some((mut backend, lease)) = connect(ctx, &pool, origin.client).await else {
-        return;
-    };
-    let _ = backend.set_nodelay(true);
+    let (backend, lease) = connect(ctx, &pool, origin.client).await?;
     // What the backend gets before anything is forwarded: our PROXY header,
     // then whatever the client sent right behind its own.
     let mut first = settings
         .proxy_protocol
         .map_or_else(Vec::new, |version| proxy_protocol::header(version, Some(origin)));
     first.extend_from_slice(&early);
-    if !first.is_empty() && backend.write_all(&first).await.is_err() {
-        return;
+    if !first.is_empty() && sock::write_all(&backend, &first).await.is_err() {
+        return None;
     }
-    let (client, backend) = match (guarded(client), guarded(backend)) {
-        (Ok(client), Ok(backend)) => (client, backend),
-        (Err(e), _) | (_, Err(e)) => {
-            warn!(client = %peer, error = %e, "cannot register the connection");
-            return;
-        }
-    };
-    let started = Instant::now();
-    let transfer = forward(
-        &client,
-        &backend,
-        settings.idle_timeout,
-        settings.splice,
-        &ctx.metrics,
-        ctx.drain_over(&lease),
-    )
-    .await;
-    let duration = started.elapsed();
-    ctx.metrics.duration.record(duration.as_secs_f64());
-    let ended = &transfer.end;
-    let backend = lease.addr();
-    let (client, up, down) = (origin.client, transfer.up, transfer.down);
-    if settings.access_log {
-        info!(target: "sluice::access", %client, %backend, up, down, ?duration, %ended);
-    } else {
-        debug!(%client, %backend, up, down, ?duration, %ended, "connection ended");
-    }
+    Some(Established {
+        backend,
+        lease,
+        client: (settings.accept_proxy || settings.access_log).then(|| Box::new(origin.client)),
+    })
 }
 
 /// Whom the connection is for, from the PROXY header the client starts
 /// with (`accept_proxy`), or the peer itself; and the client's bytes read
 /// past the header.
 async fn origin(
-    client: &mut TcpStream,
+    client: &Sock,
     peer: SocketAddr,
     ctx: &Context,
     settings: &TcpSettings,
@@ -185,7 +363,9 @@ async fn origin(
         // The address the client reached, for a header we send on: the
         // listener's, unless it listens on a wildcard.
         let destination = match settings.proxy_protocol {
-            Some(_) if ctx.local_addr.ip().is_unspecified() => client.local_addr().unwrap_or(ctx.local_addr),
+            Some(_) if ctx.local_addr.ip().is_unspecified() => {
+                client.get_ref().local_addr().unwrap_or(ctx.local_addr)
+            }
             _ => ctx.local_addr,
         };
         return Ok((
@@ -196,20 +376,20 @@ async fn origin(
             Vec::new(),
         ));
     }
-    let local = client.local_addr().unwrap_or(ctx.local_addr);
-    proxy_protocol::accept(client, peer, local, ctx.config.connect_timeout).await
-}
-
-/// Moves a stream under a readiness guard (see [`Sock`]).
-fn guarded(stream: TcpStream) -> std::io::Result<Sock> {
-    // SAFETY: a std TcpStream owns its descriptor, which stays open and the
-    // same for as long as the AsyncFd holds the stream.
-    unsafe { Sock::register(stream.into_std()?) }.map_err(std::io::Error::from)
+    let local = client.get_ref().local_addr().unwrap_or(ctx.local_addr);
+    // Boxed: only listeners with `accept_proxy` need room for its buffer.
+    Box::pin(proxy_protocol::accept(
+        client,
+        peer,
+        local,
+        ctx.config.connect_timeout,
+    ))
+    .await
 }
 
 /// Connects to up to [`MAX_ATTEMPTS`] distinct backends in turn.
 /// `peer` is the client as far as choosing goes (the PROXY header's, if any).
-async fn connect(ctx: &Context, pool: &Pool, peer: SocketAddr) -> Option<(TcpStream, Lease)> {
+async fn connect(ctx: &Context, pool: &Pool, peer: SocketAddr) -> Option<(Sock, Lease)> {
     let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_ATTEMPTS];
     let mut attempts = 0;
     while attempts < MAX_ATTEMPTS {
@@ -219,7 +399,7 @@ async fn connect(ctx: &Context, pool: &Pool, peer: SocketAddr) -> Option<(TcpStr
         tried[attempts] = lease.addr();
         attempts += 1;
         let wait = ctx.config.connect_timeout;
-        match timeout(wait, TcpStream::connect(lease.addr())).await {
+        match timeout(wait, sock::connect(lease.addr())).await {
             Ok(Ok(stream)) => {
                 lease.connected();
                 return Some((stream, lease));

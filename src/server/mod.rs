@@ -40,7 +40,7 @@ use crate::health::Checks;
 use crate::metrics::Metrics;
 use crate::net::OwnSockets;
 use crate::notify;
-use crate::proxy::{self, Context};
+use crate::proxy::{self, Context, Listening};
 use changes::Command;
 use plan::Change;
 
@@ -53,7 +53,7 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// A bound listening socket.
 enum Socket {
-    Tcp(TcpListener),
+    Tcp(Listening),
     Udp(UdpSocket),
 }
 
@@ -69,7 +69,7 @@ impl Socket {
                 socket.set_reuse_port(true)?;
             }
             match listener.protocol() {
-                Protocol::Tcp => listen_tcp(socket, listener.bind).map(Socket::Tcp),
+                Protocol::Tcp => listen_proxied(socket, listener.bind).map(Socket::Tcp),
                 Protocol::Udp => {
                     let _ = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
                     socket.set_nonblocking(true)?;
@@ -87,7 +87,7 @@ impl Socket {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
-            Socket::Tcp(s) => s.local_addr(),
+            Socket::Tcp(s) => s.get_ref().local_addr(),
             Socket::Udp(s) => s.local_addr(),
         }
     }
@@ -100,13 +100,20 @@ fn sock_type(protocol: Protocol) -> Type {
     }
 }
 
-fn listen_tcp(socket: Socket2, addr: SocketAddr) -> io::Result<TcpListener> {
+fn listen_tcp(socket: Socket2, addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     // Restarting must not fail on the old process's TIME_WAIT connections.
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
+}
+
+/// A proxied listener, registered with the reactor for accept4.
+fn listen_proxied(socket: Socket2, addr: SocketAddr) -> io::Result<Listening> {
+    // Set once here, inherited by every accepted socket (Linux).
+    let _ = socket.set_tcp_nodelay(true);
+    proxy::register_listener(listen_tcp(socket, addr)?)
 }
 
 /// The DNS client `config` needs: none without DNS listeners.
@@ -154,7 +161,9 @@ impl Server {
         let admin = match config.metrics {
             Some(addr) => {
                 let socket = Socket2::new(Domain::for_address(addr), Type::STREAM, None);
-                let bound = socket.and_then(|s| listen_tcp(s, addr));
+                let bound = socket
+                    .and_then(|s| listen_tcp(s, addr))
+                    .and_then(TcpListener::from_std);
                 Some(bound.map_err(|source| Error::BindMetrics { addr, source })?)
             }
             None => None,
@@ -272,7 +281,8 @@ impl Serving {
     /// way a listener ends before shutdown, whatever its protocol.
     fn retire(&self) {
         self.stop.cancel();
-        self.current.load().retired.cancel();
+        // As if every backend had left: open connections and flows drain.
+        self.current.load().upstream.retire();
     }
 }
 
@@ -515,6 +525,11 @@ impl Running {
                 "shutdown grace over, closing the remaining connections"
             );
             self.hard_stop.cancel();
+            // Connections wait on their backend's removal: remove them all,
+            // and each sees the hard stop.
+            for serving in self.listeners.values() {
+                serving.current.load().upstream.retire();
+            }
             self.tracker.wait().await;
         }
         info!("stopped");
