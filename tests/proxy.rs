@@ -11,13 +11,16 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep, timeout};
 
-/// An address where nothing listens (connections are refused).
-async fn dead_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// An address where nothing listens (connections are refused), kept
+/// bound (not listening) by the returned socket, so that no other test's
+/// listener or outgoing connection takes the port meanwhile.
+fn dead_addr() -> (SocketAddr, socket2::Socket) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (addr, socket)
 }
 
 fn static_config(backends: &[SocketAddr], extra: &str) -> String {
@@ -31,7 +34,7 @@ fn static_config(backends: &[SocketAddr], extra: &str) -> String {
 #[tokio::test]
 async fn dead_backend_is_retried_transparently() {
     let live = echo_backends(2).await;
-    let dead = dead_addr().await;
+    let (dead, _held) = dead_addr();
     let sluice = Sluice::start(&static_config(&[live[0].addr, dead, live[1].addr], "")).await;
     for _ in 0..30 {
         let port = backend_port(sluice.addr()).await;
@@ -43,7 +46,7 @@ async fn dead_backend_is_retried_transparently() {
 async fn failed_priority_group_fails_over_to_the_next() {
     let dns = FakeDns::start().await;
     let backup = echo_backends(1).await;
-    let dead = dead_addr().await;
+    let (dead, _held) = dead_addr();
     dns.set(
         "redis",
         vec![
@@ -393,7 +396,7 @@ async fn port_in_use_names_the_listener() {
 
 #[tokio::test]
 async fn a_refusing_backend_is_logged_once_not_once_per_client() {
-    let dead = dead_addr().await;
+    let (dead, _held) = dead_addr();
     let (logs, _capture) = common::Logs::capture();
     let sluice = Sluice::start(&static_config(&[dead], "")).await;
     for _ in 0..1000 {
