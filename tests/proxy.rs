@@ -67,11 +67,12 @@ async fn failed_priority_group_fails_over_to_the_next() {
 /// The forwarding tests run on every data path: copying that turns to
 /// splice(2) for bulk (the default), splice alone, copying alone, and the
 /// older `splice` key.
-const DATA_PATHS: [&str; 4] = [
+const DATA_PATHS: [&str; 5] = [
     "data_path = \"auto\"",
     "data_path = \"splice\"",
     "data_path = \"copy\"",
     "splice = false",
+    "data_path = \"sockmap\"",
 ];
 
 #[tokio::test]
@@ -274,7 +275,14 @@ async fn large_transfer_arrives_intact_and_is_counted_exactly() {
         writer.await.unwrap();
         let greeting = format!("{}\n", b[0].addr.port());
         assert_eq!(&got[..greeting.len()], greeting.as_bytes());
-        assert!(got[greeting.len()..] == payload[..], "payload corrupted ({mode})");
+        let body = &got[greeting.len()..];
+        let first_diff = body.iter().zip(&payload).position(|(a, b)| a != b);
+        assert!(
+            body == &payload[..],
+            "payload corrupted ({mode}): {} bytes for {}, first difference at {first_diff:?}",
+            body.len(),
+            payload.len()
+        );
 
         let (_, text) = common::http_get(sluice.metrics.unwrap(), "/metrics").await;
         let series =
