@@ -16,6 +16,13 @@ use tracing_subscriber::EnvFilter;
 
 use sluice::config::{Config, Overrides, Secret};
 
+// jemalloc sorts allocations into slabs by size, so the short-lived state
+// of connections being set up never sits in holes between the long-lived
+// state of connections that stay: after a burst of new connections, idle
+// ones cost 1.4 KB each instead of 1.8 KB with glibc's malloc (bench/).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Without RUST_LOG: sluice's own lines from info up. hickory's are off:
 /// sluice reports what its lookups found, once per change, while hickory
 /// warns once per stray datagram, which a hostile server can make a flood.
