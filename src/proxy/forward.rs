@@ -196,17 +196,11 @@ impl Relay {
         let Some(kernel) = &mut self.kernel else {
             return;
         };
-        for (i, (to, total)) in [
-            (&self.backend, &metrics.bytes_up),
-            (&self.client, &metrics.bytes_down),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if let Ok(progress) = kernel.joined.progress(i == 0, to, 0) {
-                let new = progress.redirected.saturating_sub(kernel.counted[i]);
+        for (i, total) in [&metrics.bytes_up, &metrics.bytes_down].into_iter().enumerate() {
+            if let Ok(redirected) = kernel.joined.redirected(i == 0) {
+                let new = redirected.saturating_sub(kernel.counted[i]);
                 if new > 0 {
-                    kernel.counted[i] = progress.redirected;
+                    kernel.counted[i] = redirected;
                     total.increment(new);
                     self.last_moved = Instant::now();
                 }

@@ -139,26 +139,31 @@ fn hook(hooked: &OwnedFd, key: u64, fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-fn update<V>(map: &OwnedFd, key: u64, value: &V) -> io::Result<()> {
+/// One element operation on `map`; `value` points at the value to store
+/// or at room for the one looked up (null for a delete).
+fn on_element(command: libc::c_long, map: &OwnedFd, key: u64, value: u64, flags: u64) -> io::Result<()> {
     let elem = MapElem {
         map_fd: map.as_raw_fd() as u32,
         _pad: 0,
         key: &key as *const u64 as u64,
-        value: value as *const V as u64,
-        flags: BPF_NOEXIST,
+        value,
+        flags,
     };
-    bpf(BPF_MAP_UPDATE_ELEM, &elem).map(drop)
+    bpf(command, &elem).map(drop)
+}
+
+fn update<V>(map: &OwnedFd, key: u64, value: &V) -> io::Result<()> {
+    on_element(
+        BPF_MAP_UPDATE_ELEM,
+        map,
+        key,
+        value as *const V as u64,
+        BPF_NOEXIST,
+    )
 }
 
 fn delete(map: &OwnedFd, key: u64) {
-    let elem = MapElem {
-        map_fd: map.as_raw_fd() as u32,
-        _pad: 0,
-        key: &key as *const u64 as u64,
-        value: 0,
-        flags: 0,
-    };
-    let _ = bpf(BPF_MAP_DELETE_ELEM, &elem);
+    let _ = on_element(BPF_MAP_DELETE_ELEM, map, key, 0, 0);
 }
 
 /// A pair the kernel forwards, in one direction or both; forgets the pair
@@ -176,10 +181,9 @@ pub struct Joined {
     pub down: bool,
 }
 
-/// Bytes the kernel moved one way, and whether all of them reached the
+/// Whether all the bytes the kernel moved one way reached the
 /// destination's send queue (or never can: it is closed or broken).
 pub struct Progress {
-    pub redirected: u64,
     pub delivered: bool,
     /// What the destination holds: written to it so far, and whether its
     /// send queue is empty (nothing waits for the peer).
@@ -191,32 +195,27 @@ impl Joined {
     /// Client → backend (`up`) or backend → client so far. `copied` is what
     /// the relay itself wrote to the destination since the join.
     pub fn progress(&self, up: bool, to: &Sock, copied: u64) -> io::Result<Progress> {
-        let (from, before) = if up {
-            (self.client, self.written_to_backend)
+        let before = if up {
+            self.written_to_backend
         } else {
-            (self.backend, self.written_to_client)
+            self.written_to_client
         };
-        let redirected = self.redirected(from)?;
+        let redirected = self.redirected(up)?;
         let to = send_side(to.as_raw_fd())?;
         let since = to.written.saturating_sub(before);
         Ok(Progress {
-            redirected,
             delivered: since >= redirected + copied || !to.open,
             written: to.written,
             sent_all: to.sent_all,
         })
     }
 
-    fn redirected(&self, cookie: u64) -> io::Result<u64> {
+    /// Bytes the kernel took from the client (`up`) or the backend so far.
+    pub fn redirected(&self, up: bool) -> io::Result<u64> {
+        let cookie = if up { self.client } else { self.backend };
         let mut count = 0u64;
-        let elem = MapElem {
-            map_fd: self.redirector.redirected.as_raw_fd() as u32,
-            _pad: 0,
-            key: &cookie as *const u64 as u64,
-            value: &mut count as *mut u64 as u64,
-            flags: 0,
-        };
-        bpf(BPF_MAP_LOOKUP_ELEM, &elem)?;
+        let room = &mut count as *mut u64 as u64;
+        on_element(BPF_MAP_LOOKUP_ELEM, &self.redirector.redirected, cookie, room, 0)?;
         Ok(count)
     }
 }
@@ -523,10 +522,13 @@ mod tests {
         assert_eq!(read_exactly(&mut backend_app, 5), b"early");
         backend_app.write_all(b"a longer reply").unwrap();
         assert_eq!(read_exactly(&mut client_app, 14), b"a longer reply");
-        let up = joined.progress(true, &backend, 0).unwrap();
-        let down = joined.progress(false, &client, 0).unwrap();
-        assert_eq!((up.redirected, down.redirected), (5, 14));
-        assert!(up.delivered && down.delivered);
+        let redirected = (
+            joined.redirected(true).unwrap(),
+            joined.redirected(false).unwrap(),
+        );
+        assert_eq!(redirected, (5, 14));
+        assert!(joined.progress(true, &backend, 0).unwrap().delivered);
+        assert!(joined.progress(false, &client, 0).unwrap().delivered);
         // One byte the relay says it wrote itself is not there.
         assert!(!joined.progress(true, &backend, 1).unwrap().delivered);
     }
