@@ -376,24 +376,32 @@ fn load_program(peers: RawFd, redirected: RawFd) -> Result<OwnedFd, String> {
     }
 }
 
-fn cookie(fd: RawFd) -> io::Result<u64> {
-    let mut cookie = 0u64;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
-    let ret = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            SO_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
+/// A socket option made of plain integers, which must fill `T` entirely.
+fn socket_option<T: PlainOption>(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+    // SAFETY: `T` is plain integers (`PlainOption`); zero is a valid value.
+    let mut value: T = unsafe { zeroed() };
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`.
+    let ret = unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &mut len) };
     if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(cookie)
+        return Err(io::Error::last_os_error());
     }
+    if (len as usize) < size_of::<T>() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a shorter socket option than asked for",
+        ));
+    }
+    Ok(value)
+}
+
+/// Types made only of integers, for which all-zero bytes are a value.
+trait PlainOption {}
+impl PlainOption for u64 {}
+impl PlainOption for TcpInfo {}
+
+fn cookie(fd: RawFd) -> io::Result<u64> {
+    socket_option(fd, libc::SOL_SOCKET, SO_COOKIE)
 }
 
 fn set_rcvlowat(fd: RawFd, bytes: libc::c_int) -> io::Result<()> {
@@ -427,28 +435,7 @@ struct SendSide {
 }
 
 fn send_side(fd: RawFd) -> io::Result<SendSide> {
-    // SAFETY: tcp_info is plain integers; zero is a valid value.
-    let mut info: TcpInfo = unsafe { zeroed() };
-    let mut len = size_of::<TcpInfo>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`.
-    let ret = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if (len as usize) < size_of::<TcpInfo>() {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "TCP_INFO without byte counts",
-        ));
-    }
+    let info: TcpInfo = socket_option(fd, libc::IPPROTO_TCP, libc::TCP_INFO)?;
     Ok(SendSide {
         written: info.bytes_sent.saturating_sub(info.bytes_retrans) + u64::from(info.notsent_bytes),
         open: matches!(info.state, TCP_ESTABLISHED | TCP_CLOSE_WAIT),
