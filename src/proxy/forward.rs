@@ -261,31 +261,10 @@ impl Relay {
             Side::Up => (&mut self.up, &self.client, &self.backend, &metrics.bytes_up),
             Side::Down => (&mut self.down, &self.backend, &self.client, &metrics.bytes_down),
         };
-        if let Flow::Flushing { eof } = dir.flow {
-            let Some(kernel) = &mut self.kernel else {
-                unreachable!("only the kernel data path flushes")
-            };
-            let flushed = match kernel.poll_flushed(side, to, dir.bytes, cx) {
-                Poll::Pending => return Ok(()),
-                Poll::Ready(flushed) => flushed,
-            };
-            dir.flow = Flow::Done;
-            if let Err(lost) = flushed {
-                return Err(self.failure.take().unwrap_or(lost));
-            }
-            if !eof {
-                return Err(self
-                    .failure
-                    .take()
-                    .unwrap_or_else(|| io::ErrorKind::ConnectionReset.into()));
-            }
-            if !other_done && let Err(Failure::Write(e)) = half_close(to) {
-                self.failure.get_or_insert(e);
-            }
-            return Ok(());
-        }
-        if matches!(dir.flow, Flow::Done) {
-            return Ok(());
+        match dir.flow {
+            Flow::Done => return Ok(()),
+            Flow::Flushing { .. } => return self.flush(side, other_done, cx),
+            _ => {}
         }
         let before = dir.bytes;
         let polled = poll_direction(dir, from, to, other_done, cx);
@@ -294,26 +273,52 @@ impl Relay {
             self.last_moved = Instant::now();
         }
         match polled {
-            Poll::Pending | Poll::Ready(Ok(())) => {
-                if matches!(dir.flow, Flow::Flushing { .. }) {
-                    return self.step(side, other_done, cx, metrics);
-                }
-                Ok(())
-            }
+            Poll::Pending | Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(Failure::Read(e))) if dir.kernel => {
                 // What the kernel took from this side before it broke
                 // still goes through first.
                 self.failure.get_or_insert(e);
                 dir.flow = Flow::Flushing { eof: false };
-                self.step(side, other_done, cx, metrics)
             }
-            Poll::Ready(Err(Failure::Read(e))) => Err(self.failure.take().unwrap_or(e)),
+            Poll::Ready(Err(Failure::Read(e))) => return Err(self.failure.take().unwrap_or(e)),
             Poll::Ready(Err(Failure::Write(e))) => {
                 dir.flow = Flow::Done;
                 self.failure.get_or_insert(e);
-                Ok(())
             }
         }
+        if matches!(dir.flow, Flow::Flushing { .. }) {
+            return self.flush(side, other_done, cx);
+        }
+        Ok(())
+    }
+
+    /// A kernel direction whose source ended: once the kernel has delivered
+    /// what it took from that source, passes the EOF on, or ends the
+    /// connection on the source's failure.
+    fn flush(&mut self, side: Side, other_done: bool, cx: &mut TaskContext<'_>) -> Result<(), io::Error> {
+        let (dir, to) = match side {
+            Side::Up => (&mut self.up, &self.backend),
+            Side::Down => (&mut self.down, &self.client),
+        };
+        let (Flow::Flushing { eof }, Some(kernel)) = (&dir.flow, &mut self.kernel) else {
+            unreachable!("only a kernel direction flushes")
+        };
+        let eof = *eof;
+        let Poll::Ready(flushed) = kernel.poll_flushed(side, to, dir.bytes, cx) else {
+            return Ok(());
+        };
+        dir.flow = Flow::Done;
+        if let Err(lost) = flushed {
+            return Err(self.failure.take().unwrap_or(lost));
+        }
+        if !eof {
+            let reset = || io::ErrorKind::ConnectionReset.into();
+            return Err(self.failure.take().unwrap_or_else(reset));
+        }
+        if !other_done && let Err(Failure::Write(e)) = half_close(to) {
+            self.failure.get_or_insert(e);
+        }
+        Ok(())
     }
 }
 
