@@ -126,8 +126,9 @@ pin_project! {
 pin_project! {
     #[project = PhaseProj]
     enum Phase {
-        // The setup's state stays in its box; what it hands over is small.
-        Setup { setup: Pin<Box<dyn Future<Output = Option<(Sock, Established)>> + Send>>, ctx: Arc<Context> },
+        // The setup's state stays in its box; what it hands over is small,
+        // the context included (held by the box until then, not twice).
+        Setup { setup: Pin<Box<dyn Future<Output = Option<(Sock, Established, Arc<Context>)>> + Send>> },
         Relaying { #[pin] relaying: Relaying },
         Done,
     }
@@ -140,9 +141,9 @@ impl Future for Connection {
         let mut phase = self.project().phase;
         loop {
             match phase.as_mut().project() {
-                PhaseProj::Setup { setup, ctx } => match ready!(setup.as_mut().poll(cx)) {
-                    Some((client, established)) => {
-                        let relaying = Relaying::new(client, established, ctx.clone());
+                PhaseProj::Setup { setup } => match ready!(setup.as_mut().poll(cx)) {
+                    Some((client, established, ctx)) => {
+                        let relaying = Relaying::new(client, established, ctx);
                         phase.set(Phase::Relaying { relaying });
                     }
                     None => phase.set(Phase::Done),
@@ -163,7 +164,6 @@ fn connection(
     ctx: Arc<Context>,
     open: (Open, OwnedSemaphorePermit),
 ) -> Connection {
-    let context = ctx.clone();
     let setup = async move {
         // Protocol changes rebind, so a TCP listener's context is always TCP.
         let Mode::Tcp(settings) = &ctx.config.mode else {
@@ -173,12 +173,11 @@ fn connection(
             established = setup(&client, peer, &ctx, settings) => established?,
             _ = ctx.hard_stop.cancelled() => return None,
         };
-        Some((client, established))
+        Some((client, established, ctx))
     };
     Connection {
         phase: Phase::Setup {
             setup: Box::pin(setup),
-            ctx: context,
         },
         _open: open,
     }
