@@ -249,8 +249,12 @@ fn bpf<A>(command: libc::c_long, attr: &A) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a #[repr(C)] prefix of union bpf_attr for
     // `command`; the kernel reads `size_of::<A>()` bytes of it, and any
     // pointers in it point at live memory of the sizes the map declares.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, command, attr as *const A, size_of::<A>() as u32) };
-    if ret < 0 {
+    os_result(unsafe { libc::syscall(libc::SYS_bpf, command, attr as *const A, size_of::<A>() as u32) })
+}
+
+/// A system call's return: negative for the error in errno.
+fn os_result<R: Into<i64> + Copy>(ret: R) -> io::Result<R> {
+    if ret.into() < 0 {
         Err(io::Error::last_os_error())
     } else {
         Ok(ret)
@@ -382,10 +386,7 @@ fn socket_option<T: PlainOption>(fd: RawFd, level: libc::c_int, name: libc::c_in
     let mut value: T = unsafe { zeroed() };
     let mut len = size_of::<T>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `value`.
-    let ret = unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &mut len) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    os_result(unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &mut len) })?;
     if (len as usize) < size_of::<T>() {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -406,21 +407,9 @@ fn cookie(fd: RawFd) -> io::Result<u64> {
 
 fn set_rcvlowat(fd: RawFd, bytes: libc::c_int) -> io::Result<()> {
     let len = size_of::<libc::c_int>() as libc::socklen_t;
+    let option = (&raw const bytes).cast();
     // SAFETY: setsockopt reads `len` bytes from `bytes`.
-    let ret = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&raw const bytes).cast(),
-            len,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    os_result(unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, option, len) }).map(drop)
 }
 
 /// A TCP socket's sending side, from one TCP_INFO snapshot.
