@@ -135,8 +135,19 @@ fn ready_turns_200_once_a_late_dns_server_answers_and_probe_follows() {
     assert!(answer.body.contains("\"ready\": true"), "{}", answer.body);
     assert!(probe().status.success());
     // Ready may come from an answer before the record was added (an empty
-    // answer is an answer); the record's own lookup follows.
+    // answer is an answer); the record's own lookup follows, and reaches
+    // the listener (what /status shows, and connections use) just after
+    // discovery logs it.
     sluice.wait_for_log(&format!("added=127.0.0.1:{redis_port}"));
+    let backend = format!("127.0.0.1:{redis_port}");
+    while !http(&admin, "GET", "/status", &[], "")
+        .unwrap()
+        .body
+        .contains(&backend)
+    {
+        assert!(started.elapsed() < STARTUP, "the listener never got {backend}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(redis_port_behind(sluice.addrs[0]), redis_port);
     artifact("ready-transitions.txt", &record);
 }
