@@ -399,6 +399,21 @@ class Results:
         return int(self.meta.get(key) or 0) or None
 
 
+KEPT_FROM = "## Removed experiments"
+
+
+def kept_by_hand(out_path):
+    """What a run must not overwrite: out_path from its KEPT_FROM heading on
+    (the write-ups of experiments that lost and were deleted), or ''."""
+    try:
+        with open(out_path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        return ""
+    at = old.find(KEPT_FROM)
+    return "" if at < 0 else "\n" + old[at:]
+
+
 def render(results_path, out_path):
     R = Results(results_path)
     meta = R.meta
@@ -602,7 +617,7 @@ def render(results_path, out_path):
     if R.failed:
         md += ["", "Failed steps (see the log): " + ", ".join(
             name + (f" ({n} rounds)" if n > 1 else "") for name, n in sorted(R.failed.items()))]
-    text = "\n".join(md) + "\n"
+    text = "\n".join(md) + "\n" + kept_by_hand(out_path)
     with open(out_path, "w") as f:
         f.write(text)
     print(text)

@@ -1,6 +1,8 @@
 //! The admin HTTP endpoint: `/metrics` (Prometheus text), `/status` (JSON),
 //! `/` (an HTML status page in the spirit of HAProxy's stats page),
-//! `/healthz`, and the runtime API under `/v1/` ([`crate::api`]).
+//! `/healthz`, `/ready` (200 once every listener has its first discovery
+//! answer, 503 naming what it waits for), and the runtime API under `/v1/`
+//! ([`crate::api`]).
 //! Everything is read from the listeners' live state on request; nothing
 //! here is on a forwarding path.
 

@@ -57,10 +57,6 @@ impl Alarm {
     pub fn clear(&self) -> bool {
         self.raised.load(Relaxed) && self.raised.swap(false, Relaxed)
     }
-
-    pub fn is_raised(&self) -> bool {
-        self.raised.load(Relaxed)
-    }
 }
 
 #[cfg(test)]

@@ -19,13 +19,13 @@
 //! - [`proxy`]: what a listener's connections share (its `Context`), the TCP
 //!   and UDP loops, and byte forwarding (splice or copy) with half-close.
 //! - [`metrics`]: metric names and the per-server Prometheus recorder.
-//! - [`admin`]: the HTTP endpoint for /metrics, /status, / and /healthz;
+//! - [`admin`]: the HTTP endpoint for /metrics, /status, /, /healthz and /ready;
 //!   [`api`]: the runtime API under /v1/ on the same endpoint.
 //! - [`alarm`]: how recurring conditions are logged (once, then once a minute).
 //! - [`notify`]: systemd's service notifications (ready, reloading, stopping).
 //! - [`limits`]: the descriptor budget and the default caps derived from it.
 //! - [`net`]: address facts (what can be a peer, what binds where, which
-//!   backend would be sluice itself).
+//!   backend would be sluice itself) and the `Protocol` of a listener.
 //! - `server`: binds and runs listeners, owns shutdown, and reloads: a pure
 //!   `plan` (stop, rebind, update, start per listener), then one apply.
 //!   Every change comes through [`Control`], one at a time: SIGHUP (the

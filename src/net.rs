@@ -1,10 +1,29 @@
 //! Address facts the rest of sluice relies on: which addresses can be a peer
 //! to connect or send to, which socket binds where, and which backends would
-//! loop back into sluice itself.
+//! loop back into sluice itself; and the transport protocols a listener
+//! speaks.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::config::Protocol;
+use serde::{Deserialize, Serialize};
+
+/// A listener's (and its backends') transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
 
 /// Any local address of `addr`'s family, any port: where a socket that
 /// talks to `addr` binds.

@@ -67,12 +67,11 @@ async fn failed_priority_group_fails_over_to_the_next() {
 /// The forwarding tests run on every data path: copying that turns to
 /// splice(2) for bulk (the default), splice alone, copying alone, and the
 /// older `splice` key.
-const DATA_PATHS: [&str; 5] = [
+const DATA_PATHS: [&str; 4] = [
     "data_path = \"auto\"",
     "data_path = \"splice\"",
     "data_path = \"copy\"",
     "splice = false",
-    "data_path = \"sockmap\"",
 ];
 
 #[tokio::test]

@@ -29,6 +29,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::net::Protocol;
+
 pub use error::{ConfigError, Problem, ProblemKind};
 pub use validate::MAX_CHECK_BYTES;
 use validate::{Place, Validator};
@@ -183,10 +185,6 @@ pub enum DataPath {
     Splice,
     /// Copy through user space.
     Copy,
-    /// Experimental: the kernel redirects bytes from socket to socket (a
-    /// BPF SOCKMAP program), so sluice is not woken per message; `auto`
-    /// where that cannot be set up. Slower than `auto` where measured.
-    Sockmap,
 }
 
 /// A version of the PROXY protocol (HAProxy's): v1 is a text line, v2 binary.
@@ -231,13 +229,6 @@ pub struct HealthCheck {
     pub proxy_protocol: Option<ProxyVersion>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Balance {
@@ -246,15 +237,6 @@ pub enum Balance {
     Random,
     P2c,
     Maglev,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-    }
 }
 
 impl fmt::Display for Balance {
@@ -649,6 +631,21 @@ mod tests {
             assert!(err.starts_with(&format!("listener '{arg}': ")), "{err}");
             assert!(err.contains(want), "{arg}: {err}");
         }
+    }
+
+    #[test]
+    fn the_removed_sockmap_data_path_says_why_and_where() {
+        let err = parse(
+            "[listeners.a]\nbind=\"127.0.0.1:1\"\nbackends=[\"127.0.0.1:2\"]\ndata_path = \"sockmap\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("test.toml:4"), "{err}");
+        assert!(
+            err.contains("listeners.a.data_path: \"sockmap\" was removed"),
+            "{err}"
+        );
+        assert!(err.contains("use \"auto\""), "{err}");
     }
 
     #[test]

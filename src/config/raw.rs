@@ -50,6 +50,33 @@ pub(super) enum Discovery {
     Consul,
 }
 
+/// `data_path` as written: a data path, or one that was removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawDataPath {
+    Auto,
+    Splice,
+    Copy,
+    /// Removed: kept only to say why.
+    Sockmap,
+}
+
+impl RawDataPath {
+    /// The data path, or why there is none any more.
+    pub fn known(self) -> Result<DataPath, &'static str> {
+        match self {
+            RawDataPath::Auto => Ok(DataPath::Auto),
+            RawDataPath::Splice => Ok(DataPath::Splice),
+            RawDataPath::Copy => Ok(DataPath::Copy),
+            RawDataPath::Sockmap => Err(
+                "\"sockmap\" was removed: the kernel redirect was slower than \"auto\" everywhere it was measured \
+                 (0.45x the PING rate, 0.54x the iperf3 rate, 2.35x the system calls; bench/RESULTS.md); \
+                 use \"auto\" (the default)",
+            ),
+        }
+    }
+}
+
 /// A string, or a list of them (`dns = "a"` or `dns = ["a", "b"]`).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -92,7 +119,7 @@ pub(super) struct RawListener {
     pub max_connections: Option<Spanned<i64>>,
     pub access_log: Option<Spanned<bool>>,
     pub splice: Option<Spanned<bool>>,
-    pub data_path: Option<Spanned<DataPath>>,
+    pub data_path: Option<Spanned<RawDataPath>>,
     pub proxy_protocol: Option<Spanned<ProxyVersion>>,
     pub accept_proxy: Option<Spanned<bool>>,
     // UDP only.

@@ -481,13 +481,15 @@ impl<'a> Validator<'a> {
 
     /// `data_path`, or the older `splice` (true: splice, false: copy).
     fn data_path(&mut self, raw: &RawListener, scope: &Scope) -> DataPath {
+        if let (Some(path), Some(_)) = (&raw.data_path, &raw.splice) {
+            let message = "set `data_path` alone (`splice = false` is `data_path = \"copy\"`)";
+            self.problem_at(scope, path, "data_path", message);
+        }
         match (&raw.data_path, &raw.splice) {
-            (Some(path), Some(_)) => {
-                let message = "set `data_path` alone (`splice = false` is `data_path = \"copy\"`)";
-                self.problem_at(scope, path, "data_path", message);
-                *path.get_ref()
-            }
-            (Some(path), None) => *path.get_ref(),
+            (Some(path), _) => path.get_ref().known().unwrap_or_else(|removed| {
+                self.problem_at(scope, path, "data_path", removed);
+                DataPath::Auto
+            }),
             (None, Some(splice)) if *splice.get_ref() => DataPath::Splice,
             (None, Some(_)) => DataPath::Copy,
             (None, None) => DataPath::Auto,

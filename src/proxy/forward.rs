@@ -12,27 +12,19 @@
 //! side becomes `shutdown(Write)` on the other while the reverse goes on
 //! (the last EOF is passed on by closing). A reset on one side is passed on
 //! once whatever that side had sent is delivered.
-//!
-//! With `data_path = "sockmap"` the kernel moves the bytes (`super::sockmap`)
-//! and the relay only waits for EOF and errors; before it passes one on, it
-//! waits until the kernel has delivered what it redirected.
 
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream as StdTcpStream};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Duration;
 
 use socket2::SockRef;
 use tokio::io::Ready;
 use tokio::io::unix::AsyncFdReadyGuard;
-use tokio::time::{Instant, Sleep};
-use tracing::{debug, warn};
+use tokio::time::Instant;
 
 use super::sock::Sock;
-use super::sockmap::{Joined, Redirector};
 use super::splice::Pipe;
 use crate::config::DataPath;
 use crate::metrics::ListenerMetrics;
@@ -41,12 +33,6 @@ use crate::metrics::ListenerMetrics;
 const CHUNK: usize = 64 * 1024;
 /// Bursts one direction may make in one poll before letting other tasks run.
 const BURSTS_PER_POLL: usize = 16;
-/// How often to look whether the kernel has delivered a side's last bytes.
-const FLUSH_CHECK: Duration = Duration::from_millis(1);
-/// How long the kernel may deliver nothing to a destination that has sent
-/// all it had before its bytes count as lost (the relay then ends with a
-/// reset rather than pass on a clean EOF after a gap).
-const FLUSH_STALL: Duration = Duration::from_secs(1);
 
 /// How a forwarded connection ended.
 #[derive(Debug)]
@@ -102,9 +88,6 @@ enum Flow {
     Backlog(Box<Backlog>),
     /// The destination was full with this many bytes in the pipe.
     Piped(Pipe, u32),
-    /// The source ended (EOF, or a failed read when not `eof`) and the
-    /// kernel may still be delivering its last bytes.
-    Flushing { eof: bool },
     /// Its EOF was passed on, or it failed.
     Done,
 }
@@ -122,10 +105,7 @@ struct Direction {
     splicing: bool,
     /// `auto`: may still switch to splicing.
     may_splice: bool,
-    /// The kernel moves this direction's bytes: the relay waits for its
-    /// EOF or error, then for the kernel to deliver what it took.
-    kernel: bool,
-    /// Bytes the relay moved itself.
+    /// Bytes moved.
     bytes: u64,
 }
 
@@ -134,8 +114,7 @@ impl Direction {
         Direction {
             flow: Flow::Open,
             splicing: path == DataPath::Splice,
-            may_splice: matches!(path, DataPath::Auto | DataPath::Sockmap),
-            kernel: false,
+            may_splice: path == DataPath::Auto,
             bytes: 0,
         }
     }
@@ -152,59 +131,17 @@ pub struct Relay {
     failure: Option<io::Error>,
     /// When a byte last moved either way.
     pub last_moved: Instant,
-    /// Set when the kernel moves the bytes (`data_path = "sockmap"`).
-    kernel: Option<Box<Kernel>>,
-}
-
-/// A relay's kernel data path: the joined pair, what of it was counted.
-struct Kernel {
-    joined: Joined,
-    /// Redirected bytes counted so far, up and down.
-    counted: [u64; 2],
-    /// Paces the checks while a side's last bytes are on their way.
-    flush_check: Option<Pin<Box<Sleep>>>,
-    /// While flushing: the destination's bytes written when last seen to
-    /// change, and when that was.
-    flush_seen: Option<(u64, Instant)>,
 }
 
 impl Relay {
     pub fn new(client: Sock, backend: Sock, path: DataPath) -> Relay {
-        let kernel = (path == DataPath::Sockmap)
-            .then(|| join(&client, &backend))
-            .flatten();
-        // Sockets the kernel forwards from are only read for their EOF.
-        let path = if kernel.is_some() { DataPath::Copy } else { path };
-        let (mut up, mut down) = (Direction::new(path), Direction::new(path));
-        if let Some(kernel) = &kernel {
-            (up.kernel, down.kernel) = (kernel.joined.up, kernel.joined.down);
-        }
         Relay {
             client,
             backend,
-            up,
-            down,
+            up: Direction::new(path),
+            down: Direction::new(path),
             failure: None,
             last_moved: Instant::now(),
-            kernel,
-        }
-    }
-
-    /// Counts what the kernel moved since last asked (a moved byte resets
-    /// the idle clock). Nothing to do without the kernel data path.
-    pub fn count_kernel_bytes(&mut self, metrics: &ListenerMetrics) {
-        let Some(kernel) = &mut self.kernel else {
-            return;
-        };
-        for (i, total) in [&metrics.bytes_up, &metrics.bytes_down].into_iter().enumerate() {
-            if let Ok(redirected) = kernel.joined.redirected(i == 0) {
-                let new = redirected.saturating_sub(kernel.counted[i]);
-                if new > 0 {
-                    kernel.counted[i] = redirected;
-                    total.increment(new);
-                    self.last_moved = Instant::now();
-                }
-            }
         }
     }
 
@@ -221,10 +158,9 @@ impl Relay {
                 let _ = SockRef::from(sock.get_ref()).set_linger(Some(Duration::ZERO));
             }
         }
-        let [up, down] = self.kernel.as_ref().map_or([0; 2], |kernel| kernel.counted);
         Transfer {
-            up: self.up.bytes + up,
-            down: self.down.bytes + down,
+            up: self.up.bytes,
+            down: self.down.bytes,
             end,
         }
     }
@@ -261,10 +197,8 @@ impl Relay {
             Side::Up => (&mut self.up, &self.client, &self.backend, &metrics.bytes_up),
             Side::Down => (&mut self.down, &self.backend, &self.client, &metrics.bytes_down),
         };
-        match dir.flow {
-            Flow::Done => return Ok(()),
-            Flow::Flushing { .. } => return self.flush(side, other_done, cx),
-            _ => {}
+        if matches!(dir.flow, Flow::Done) {
+            return Ok(());
         }
         let before = dir.bytes;
         let polled = poll_direction(dir, from, to, other_done, cx);
@@ -274,49 +208,11 @@ impl Relay {
         }
         match polled {
             Poll::Pending | Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(Failure::Read(e))) if dir.kernel => {
-                // What the kernel took from this side before it broke
-                // still goes through first.
-                self.failure.get_or_insert(e);
-                dir.flow = Flow::Flushing { eof: false };
-            }
             Poll::Ready(Err(Failure::Read(e))) => return Err(self.failure.take().unwrap_or(e)),
             Poll::Ready(Err(Failure::Write(e))) => {
                 dir.flow = Flow::Done;
                 self.failure.get_or_insert(e);
             }
-        }
-        if matches!(dir.flow, Flow::Flushing { .. }) {
-            return self.flush(side, other_done, cx);
-        }
-        Ok(())
-    }
-
-    /// A kernel direction whose source ended: once the kernel has delivered
-    /// what it took from that source, passes the EOF on, or ends the
-    /// connection on the source's failure.
-    fn flush(&mut self, side: Side, other_done: bool, cx: &mut TaskContext<'_>) -> Result<(), io::Error> {
-        let (dir, to) = match side {
-            Side::Up => (&mut self.up, &self.backend),
-            Side::Down => (&mut self.down, &self.client),
-        };
-        let (Flow::Flushing { eof }, Some(kernel)) = (&dir.flow, &mut self.kernel) else {
-            unreachable!("only a kernel direction flushes")
-        };
-        let eof = *eof;
-        let Poll::Ready(flushed) = kernel.poll_flushed(side, to, dir.bytes, cx) else {
-            return Ok(());
-        };
-        dir.flow = Flow::Done;
-        if let Err(lost) = flushed {
-            return Err(self.failure.take().unwrap_or(lost));
-        }
-        if !eof {
-            let reset = || io::ErrorKind::ConnectionReset.into();
-            return Err(self.failure.take().unwrap_or_else(reset));
-        }
-        if !other_done && let Err(Failure::Write(e)) = half_close(to) {
-            self.failure.get_or_insert(e);
         }
         Ok(())
     }
@@ -341,7 +237,7 @@ fn poll_direction(
 ) -> Poll<Result<(), Failure>> {
     for _ in 0..BURSTS_PER_POLL {
         match &mut dir.flow {
-            Flow::Done | Flow::Flushing { .. } => return Poll::Ready(Ok(())),
+            Flow::Done => return Poll::Ready(Ok(())),
             Flow::Backlog(backlog) => {
                 let mut ready = ready!(to.poll_write_ready(cx)).map_err(Failure::Write)?;
                 let rest = &backlog.bytes[backlog.sent..];
@@ -361,34 +257,25 @@ fn poll_direction(
                     let n = moved.map_err(Failure::Write)?;
                     *in_pipe -= n as u32;
                     dir.bytes += n as u64;
-                    if *in_pipe == 0 {
-                        let Flow::Piped(pipe, _) = std::mem::replace(&mut dir.flow, Flow::Open) else {
-                            unreachable!("matched above")
-                        };
+                    if *in_pipe == 0
+                        && let Flow::Piped(pipe, _) = std::mem::replace(&mut dir.flow, Flow::Open)
+                    {
                         pipe.give_back();
                     }
                 }
             }
             Flow::Open => {
-                if dir.kernel {
-                    kernel_write_error(to, cx)?;
-                }
                 let mut ready = ready!(from.poll_read_ready(cx)).map_err(Failure::Read)?;
                 let burst = if dir.splicing {
                     splice_burst(&mut ready, to, dir)?
                 } else {
                     copy_burst(&mut ready, to, dir)?
                 };
-                match burst {
-                    // The kernel may still hold bytes read before this EOF.
-                    Some(Flow::Done) if dir.kernel => dir.flow = Flow::Flushing { eof: true },
-                    Some(flow) => {
-                        if matches!(flow, Flow::Done) && !other_done {
-                            half_close(to)?;
-                        }
-                        dir.flow = flow;
+                if let Some(flow) = burst {
+                    if matches!(flow, Flow::Done) && !other_done {
+                        half_close(to)?;
                     }
-                    None => {}
+                    dir.flow = flow;
                 }
             }
         }
@@ -396,19 +283,6 @@ fn poll_direction(
     // A busy direction yields, so that other connections get their turn.
     cx.waker().wake_by_ref();
     Poll::Pending
-}
-
-/// The kernel writes to `to` out of sight: a write of its that failed shows
-/// only as the socket's error (and an epoll edge), looked at here.
-fn kernel_write_error(to: &Sock, cx: &mut TaskContext<'_>) -> Result<(), Failure> {
-    if let Poll::Ready(ready) = to.poll_write_ready(cx) {
-        let mut ready = ready.map_err(Failure::Write)?;
-        if let Some(e) = to.get_ref().take_error().map_err(Failure::Write)? {
-            return Err(Failure::Write(e));
-        }
-        ready.clear_ready();
-    }
-    Ok(())
 }
 
 /// EOF from one side: pass it on as a FIN, keeping the other direction open.
@@ -522,72 +396,4 @@ fn splice_burst(ready: &mut ReadGuard<'_>, to: &Sock, dir: &mut Direction) -> Re
     }
     pipe.give_back();
     Ok(None)
-}
-
-/// Hands the pair to the kernel, or `None` (the relay then moves the
-/// bytes as `auto` does): why the kernel path is missing is logged once.
-fn join(client: &Sock, backend: &Sock) -> Option<Box<Kernel>> {
-    static REFUSED: AtomicBool = AtomicBool::new(false);
-    let redirector = match Redirector::get() {
-        Ok(redirector) => redirector,
-        Err(why) => {
-            if !REFUSED.swap(true, Relaxed) {
-                warn!(
-                    error = why,
-                    "data_path \"sockmap\" unavailable, relaying as \"auto\""
-                );
-            }
-            return None;
-        }
-    };
-    match redirector.join(client, backend) {
-        Ok(joined) => Some(Box::new(Kernel {
-            joined,
-            counted: [0; 2],
-            flush_check: None,
-            flush_seen: None,
-        })),
-        Err(e) => {
-            debug!(error = %e, "sockmap join failed, relaying as \"auto\"");
-            None
-        }
-    }
-}
-
-impl Kernel {
-    /// Ready once all the bytes the kernel took from `side`'s source are in
-    /// `to`'s send queue (`copied` more were written by the relay), or `to`
-    /// can take no more; an error if the kernel stopped delivering them.
-    fn poll_flushed(
-        &mut self,
-        side: Side,
-        to: &Sock,
-        copied: u64,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Result<(), io::Error>> {
-        loop {
-            let progress = match self.joined.progress(matches!(side, Side::Up), to, copied) {
-                Ok(progress) if !progress.delivered => progress,
-                // Delivered, or `to` cannot say (closed): nothing to wait for.
-                _ => {
-                    (self.flush_check, self.flush_seen) = (None, None);
-                    return Poll::Ready(Ok(()));
-                }
-            };
-            let now = Instant::now();
-            let seen = self.flush_seen.get_or_insert((progress.written, now));
-            if seen.0 != progress.written || !progress.sent_all {
-                *seen = (progress.written, now);
-            } else if now - seen.1 >= FLUSH_STALL {
-                (self.flush_check, self.flush_seen) = (None, None);
-                let lost = io::Error::other("the kernel stopped delivering redirected bytes");
-                return Poll::Ready(Err(lost));
-            }
-            let check = self
-                .flush_check
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(FLUSH_CHECK)));
-            ready!(check.as_mut().poll(cx));
-            check.as_mut().reset(Instant::now() + FLUSH_CHECK);
-        }
-    }
 }

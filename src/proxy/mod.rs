@@ -5,7 +5,6 @@
 mod forward;
 pub mod proxy_protocol;
 mod sock;
-mod sockmap;
 mod splice;
 pub mod tcp;
 pub mod udp;

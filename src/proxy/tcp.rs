@@ -259,7 +259,6 @@ impl Future for Relaying {
             }
             loop {
                 ready!(this.timer.as_mut().poll(cx));
-                this.relay.count_kernel_bytes(&this.ctx.metrics);
                 let now = Instant::now();
                 if this.drain_ends.is_some_and(|ends| ends <= now) {
                     break 'ended End::Drained;
@@ -274,7 +273,6 @@ impl Future for Relaying {
                     .reset(this.drain_ends.map_or(idle_ends, |ends| ends.min(idle_ends)));
             }
         };
-        this.relay.count_kernel_bytes(&this.ctx.metrics);
         let transfer = this.relay.finish(end);
         let duration = this.started.elapsed();
         this.ctx.metrics.duration.record(duration.as_secs_f64());
