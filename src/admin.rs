@@ -31,6 +31,7 @@ use crate::Control;
 use crate::config::{Balance, Listener, Protocol, Secret};
 use crate::discovery::QueryState;
 use crate::metrics::{self, LiveFamily, Metrics};
+use crate::net::binds_overlap;
 use crate::proxy::Context;
 
 /// Seconds between refreshes of the HTML page.
@@ -138,6 +139,16 @@ impl Admin {
             api_token,
         };
         self.view.store(Arc::new(view));
+    }
+
+    /// The listener bound where `addr` would bind (`protocol`), if any.
+    pub(crate) fn listener_bound_at(&self, protocol: Protocol, addr: SocketAddr) -> Option<String> {
+        let view = self.view.load();
+        let holder = view
+            .listeners
+            .iter()
+            .find(|ctx| ctx.config.protocol() == protocol && binds_overlap(ctx.local_addr, addr))?;
+        Some(holder.config.name.clone())
     }
 
     /// 200 once every listener is bound (it is, once shown here) and has

@@ -261,12 +261,8 @@ fn own_holder(admin: &Admin, protocol: Protocol, addr: SocketAddr) -> Option<Str
     if protocol == Protocol::Tcp && binds_overlap(admin.addr, addr) {
         return Some("the admin endpoint (`metrics`)".into());
     }
-    let listeners = admin.status().listeners;
-    let holder = listeners.iter().find(|l| {
-        let bound = l.bind.parse().is_ok_and(|bound| binds_overlap(bound, addr));
-        l.protocol == protocol && bound
-    })?;
-    Some(format!("listener '{}'", holder.name))
+    let holder = admin.listener_bound_at(protocol, addr)?;
+    Some(format!("listener '{holder}'"))
 }
 
 fn in_use(addr: SocketAddr, holder: Option<&str>) -> String {
