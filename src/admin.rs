@@ -25,6 +25,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::Control;
@@ -344,7 +345,12 @@ impl Admin {
 /// [`MAX_CONNECTIONS`] at once (more wait in the kernel's backlog), each
 /// request head within [`HEADER_TIMEOUT`] (also how long an idle keep-alive
 /// connection stays), and each connection at most [`CONNECTION_LIFETIME`].
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
@@ -367,7 +373,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
         let admin = admin.clone();
         let shutdown = shutdown.clone();
         let http = http.clone();
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             let service = service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.respond(req).await) }

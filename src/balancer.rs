@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned};
-use tracing::{Instrument, debug, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::alarm::Alarm;
 use crate::config::{Balance, HealthCheck, Listener};
@@ -405,7 +405,7 @@ impl Upstream {
         checks: Option<Arc<Checks>>,
         seed: Option<&Upstream>,
         mut own: watch::Receiver<Arc<OwnSockets>>,
-    ) -> Upstream {
+    ) -> (Upstream, impl Future<Output = ()> + Send + use<>) {
         let (tx, pools) = watch::channel(None::<Arc<Pool>>);
         let mut seed = seed.and_then(Upstream::current);
         let (protocol, balance, health) = (listener.protocol(), listener.balance, listener.health.clone());
@@ -439,16 +439,15 @@ impl Upstream {
                 }
             }
         };
-        // In the caller's span: its lines name the listener.
-        tokio::spawn(follow.in_current_span());
-        Upstream {
+        let upstream = Upstream {
             balancer: Balancer::new(balance),
             pools,
             shared: Arc::new(Shared {
                 eject_after: listener.eject_after,
                 unreachable: Alarm::new(),
             }),
-        }
+        };
+        (upstream, follow)
     }
 
     /// The current pool; `None` before the first discovery answer.

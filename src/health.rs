@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::alarm::Alarm;
@@ -48,13 +49,16 @@ impl Health {
 pub struct Checks {
     running: Mutex<HashMap<(SocketAddr, HealthCheck), Weak<Health>>>,
     shutdown: CancellationToken,
+    /// Where the check tasks run.
+    tracker: TaskTracker,
 }
 
 impl Checks {
-    pub fn new(shutdown: CancellationToken) -> Checks {
+    pub fn new(shutdown: CancellationToken, tracker: TaskTracker) -> Checks {
         Checks {
             running: Mutex::default(),
             shutdown,
+            tracker,
         }
     }
 
@@ -71,7 +75,7 @@ impl Checks {
             up: AtomicBool::new(true),
         });
         running.insert(key, Arc::downgrade(&health));
-        tokio::spawn(check_loop(
+        self.tracker.spawn(check_loop(
             addr,
             check.clone(),
             Arc::downgrade(&health),

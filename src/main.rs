@@ -187,9 +187,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let hangups = install(SignalKind::hangup())?;
         let server = sluice::Server::bind(config).await?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(term, int, shutdown.clone()));
-        tokio::spawn(reload_on_sighup(hangups, server.control()));
-        server.run(shutdown).await;
+        // Signals are handled beside the server, in this task: they never end,
+        // so the server's end is the end.
+        let stop = stop_on_signal(term, int, shutdown.clone());
+        let reload = reload_on_sighup(hangups, server.control());
+        let signals = async { tokio::join!(stop, reload) };
+        tokio::select! {
+            () = server.run(shutdown.clone()) => {}
+            _ = signals => {}
+        }
         Ok(())
     })
 }

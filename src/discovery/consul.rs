@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use super::{Backend, BackendSet, Publisher, QueryState};
@@ -109,6 +110,8 @@ impl fmt::Display for WatchError {
 struct Connection {
     settings: ConsulSettings,
     sender: Option<SendRequest<Empty<Bytes>>>,
+    /// Where the connection's driver runs.
+    tracker: TaskTracker,
 }
 
 impl Connection {
@@ -125,7 +128,7 @@ impl Connection {
                     .await
                     .map_err(WatchError::Http)?;
                 // Drives the connection; ends when the sender is dropped.
-                tokio::spawn(connection);
+                self.tracker.spawn(connection);
                 self.sender.insert(sender)
             }
         };
@@ -189,10 +192,12 @@ pub async fn watch(
     mut publisher: Publisher,
     state: Arc<QueryState>,
     shutdown: CancellationToken,
+    tracker: TaskTracker,
 ) {
     let mut connection = Connection {
         settings,
         sender: None,
+        tracker,
     };
     let mut index: u64 = 0;
     let mut error_backoff = ERROR_BACKOFF;

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::alarm::Alarm;
@@ -288,6 +289,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     sources: HashMap<BackendSource, Source>,
     shutdown: CancellationToken,
+    /// Where the discovery tasks run.
+    tracker: TaskTracker,
 }
 
 struct Source {
@@ -303,6 +306,7 @@ impl Registry {
         consul: ConsulSettings,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
+        tracker: TaskTracker,
     ) -> Registry {
         if let Some(dns) = &dns {
             info!(servers = ?dns.servers(), "discovering backends through DNS");
@@ -313,6 +317,7 @@ impl Registry {
             metrics,
             sources: HashMap::new(),
             shutdown,
+            tracker,
         }
     }
 
@@ -358,7 +363,8 @@ impl Registry {
                 let (tx, snapshots) = watch::channel(None);
                 let state = Arc::new(QueryState::new(&query.name, self.metrics.query(&query.name)));
                 let publisher = Publisher::new(tx, state.clone(), query.empty_grace);
-                tokio::spawn(dns::watch(client.clone(), query.clone(), publisher, stop.clone()));
+                let watching = dns::watch(client.clone(), query.clone(), publisher, stop.clone());
+                self.tracker.spawn(watching);
                 Source {
                     snapshots,
                     stop,
@@ -376,8 +382,9 @@ impl Registry {
                     publisher,
                     state.clone(),
                     stop.clone(),
+                    self.tracker.clone(),
                 );
-                tokio::spawn(watching);
+                self.tracker.spawn(watching);
                 Source {
                     snapshots,
                     stop,

@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
 use super::{Activity, Context};
@@ -77,10 +78,15 @@ impl Drop for Flow {
 
 /// Receives on `socket` until `stop`, forwarding each datagram with the
 /// context current when it arrives (a reload changes new flows only).
-pub async fn serve(socket: UdpSocket, current: Arc<ArcSwap<Context>>, stop: CancellationToken) {
+pub async fn serve(
+    socket: UdpSocket,
+    current: Arc<ArcSwap<Context>>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
     let ctx = current.load_full();
     if let Some(settings) = udp_settings(&ctx) {
-        Relay::new(Arc::new(socket), current, ctx, settings)
+        Flows::new(Arc::new(socket), current, ctx, settings, tracker)
             .run(stop)
             .await;
     }
@@ -88,7 +94,7 @@ pub async fn serve(socket: UdpSocket, current: Arc<ArcSwap<Context>>, stop: Canc
 }
 
 /// One UDP listener's state: the flow table and what maintaining it needs.
-struct Relay {
+struct Flows {
     socket: Arc<UdpSocket>,
     current: Arc<ArcSwap<Context>>,
     /// The context of the datagram being handled, and its UDP settings.
@@ -106,17 +112,20 @@ struct Relay {
     waited: bool,
     /// No socket could be opened for a new flow lately (logged once).
     sockets_failing: Alarm,
+    /// Where the flows' reply tasks run.
+    tracker: TaskTracker,
 }
 
-impl Relay {
+impl Flows {
     fn new(
         socket: Arc<UdpSocket>,
         current: Arc<ArcSwap<Context>>,
         ctx: Arc<Context>,
         settings: UdpSettings,
-    ) -> Relay {
+        tracker: TaskTracker,
+    ) -> Flows {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
-        Relay {
+        Flows {
             socket,
             settings,
             ctx,
@@ -129,6 +138,7 @@ impl Relay {
             senders: [None, None],
             waited: false,
             sockets_failing: Alarm::new(),
+            tracker,
         }
     }
 
@@ -295,7 +305,7 @@ impl Relay {
             lease: lease.clone(),
             ended: self.ended_tx.clone(),
         };
-        let replies = tokio::spawn(replies.run().instrument(ctx.span.clone()));
+        let replies = self.tracker.spawn(replies.run().instrument(ctx.span.clone()));
         ctx.metrics.connections.increment(1);
         ctx.active.fetch_add(1, Relaxed);
         let flow = Flow {

@@ -2,7 +2,7 @@
 //! whole new configuration ([`Control::reload`]), the main file read anew
 //! (SIGHUP), or one listener set or deleted through the API. Each is made
 //! into a configuration by the same validation as the file, applied by the
-//! same [`Running::reload`], logged once and counted by origin and result.
+//! same `Running::reload`, logged once and counted by origin and result.
 //! The API's listeners are saved to `runtime_file` after each change.
 
 use std::collections::BTreeMap;
@@ -119,17 +119,17 @@ impl Running {
     pub(super) async fn handle(&mut self, command: Command) {
         match command {
             Command::Apply { config, done } => {
-                let result = self.apply(*config, Origin::File);
+                let result = self.reload(*config, Origin::File);
                 let _ = done.send(result);
             }
             Command::ReloadFile { done } => {
                 notify::reloading();
-                let sources = self.sources.clone();
+                let sources = self.config.sources.clone();
                 let result = match compose(move || Config::compose(sources.reread()?)).await {
-                    Ok(config) => self.apply(config, Origin::File),
+                    Ok(config) => self.reload(config, Origin::File),
                     Err(e) => {
                         error!("reload rejected, the running configuration stays:\n{e}");
-                        self.metrics.config_change(Origin::File, false);
+                        self.services.metrics.config_change(Origin::File, false);
                         Err(Error::Invalid(e))
                     }
                 };
@@ -149,28 +149,11 @@ impl Running {
                     Err(ApiError::NotFound(_) | ApiError::DefinedInFile { .. } | ApiError::Invalid { .. })
                 );
                 if refused {
-                    self.metrics.config_change(Origin::Api, false);
+                    self.services.metrics.config_change(Origin::Api, false);
                 }
                 let _ = done.send(result);
             }
         }
-    }
-
-    /// Applies `config`, keeps its sources for the next change, and counts
-    /// the outcome as `origin`'s.
-    fn apply(&mut self, config: Config, origin: Origin) -> Result<ReloadReport, Error> {
-        let sources = config.sources.clone();
-        let runtime_file = config.runtime_file.clone();
-        let result = self.reload(config, origin);
-        self.metrics.config_change(origin, result.is_ok());
-        match &result {
-            Ok(_) => {
-                self.sources = sources;
-                self.runtime_file = runtime_file;
-            }
-            Err(e) => warn!(error = %e, "reload failed, the running configuration stays"),
-        }
-        result
     }
 
     async fn change_listener(
@@ -178,15 +161,20 @@ impl Running {
         name: &str,
         table: Option<toml::Table>,
     ) -> Result<ApiChange, ApiError> {
-        let origin = self.listeners.get(name).map(|l| l.config.origin);
+        let origin = self
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.origin);
         if origin == Some(Origin::File) {
-            let file = self.sources.main.origin.clone();
+            let file = self.config.sources.main.origin.clone();
             return Err(ApiError::DefinedInFile {
                 name: name.into(),
                 file,
             });
         }
-        let mut listeners: BTreeMap<String, toml::Table> = self.sources.api_listeners();
+        let mut listeners: BTreeMap<String, toml::Table> = self.config.sources.api_listeners();
         let change = match (table, listeners.contains_key(name)) {
             (None, false) => return Err(ApiError::NotFound(name.into())),
             (None, true) => {
@@ -202,14 +190,14 @@ impl Running {
                 }
             }
         };
-        let sources = self.sources.with_api_listeners(&listeners);
+        let sources = self.config.sources.with_api_listeners(&listeners);
         let candidate = sources.clone();
         let config = compose(move || Config::compose(candidate)).await.map_err(|e| {
             let conflict = e.problems.iter().any(|p| p.kind == ProblemKind::Conflict);
             let problems = sources.api_problems(&e);
             ApiError::Invalid { problems, conflict }
         })?;
-        self.apply(config, Origin::Api).map_err(ApiError::Apply)?;
+        self.reload(config, Origin::Api).map_err(ApiError::Apply)?;
         self.save_api_listeners()
             .map_err(|(path, source)| ApiError::NotSaved { path, source })?;
         Ok(change)
@@ -217,10 +205,10 @@ impl Running {
 
     /// Writes the API's listeners to `runtime_file`, if there is one.
     fn save_api_listeners(&self) -> Result<(), (PathBuf, io::Error)> {
-        let Some(path) = &self.runtime_file else {
+        let Some(path) = &self.config.runtime_file else {
             return Ok(());
         };
-        save_runtime_file(path, &self.sources.api.text).map_err(|e| {
+        save_runtime_file(path, &self.config.sources.api.text).map_err(|e| {
             error!(path = %path.display(), error = %e, "cannot save the API's listeners");
             (path.clone(), e)
         })

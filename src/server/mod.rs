@@ -16,7 +16,6 @@ mod plan;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,9 +30,7 @@ use tracing::{Instrument, Span, info, info_span, warn};
 use crate::Error;
 use crate::admin::Admin;
 use crate::balancer::Upstream;
-use crate::config::{
-    BackendSource, Config, ConsulSettings, DnsSettings, Listener, Mode, Origin, Protocol, Secret, Sources,
-};
+use crate::config::{BackendSource, Config, Listener, Mode, Origin, Protocol};
 use crate::discovery::Registry;
 use crate::discovery::dns::DnsClient;
 use crate::health::Checks;
@@ -42,7 +39,7 @@ use crate::net::OwnSockets;
 use crate::notify;
 use crate::proxy::{self, Context, Listening};
 use changes::Command;
-use plan::Change;
+use plan::{Change, Plan};
 
 /// Pending connections the kernel queues per listener while at `max_connections`.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -213,34 +210,35 @@ impl Server {
             control,
         } = self;
         let metrics = Arc::new(Metrics::new(admin.is_some()));
-        let admin_view =
-            metrics_addr.map(|addr| Arc::new(Admin::new(metrics.clone(), control.clone(), addr)));
-        let mut running = Running {
-            listeners: HashMap::new(),
-            own: watch::Sender::new(Arc::default()),
-            dns: config.dns.clone(),
-            consul: config.consul.clone(),
-            metrics_addr: config.metrics,
-            discovery: Registry::new(dns, config.consul.clone(), metrics.clone(), shutdown.clone()),
-            checks: Arc::new(Checks::new(shutdown.clone())),
-            admin: admin_view,
+        let tracker = TaskTracker::new();
+        let services = Services {
+            discovery: Registry::new(
+                dns,
+                config.consul.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ),
+            checks: Arc::new(Checks::new(shutdown.clone(), tracker.clone())),
+            admin: metrics_addr.map(|addr| Arc::new(Admin::new(metrics.clone(), control.clone(), addr))),
             metrics: metrics.clone(),
-            sources: config.sources.clone(),
-            runtime_file: config.runtime_file.clone(),
-            api_token: config.api_token.clone(),
-            shutdown_grace: config.shutdown_grace,
+            own: watch::Sender::new(Arc::default()),
             shutdown: shutdown.clone(),
             hard_stop: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            tracker,
         };
-        for (listener, socket) in config.listeners.iter().zip(sockets) {
-            running.start(listener, socket);
-        }
-        running.publish();
-        if let (Some(socket), Some(addr), Some(admin)) = (admin, metrics_addr, running.admin.clone()) {
+        let mut running = Running::start(config, sockets, services);
+        if let (Some(socket), Some(addr), Some(admin)) = (admin, metrics_addr, running.services.admin.clone())
+        {
             info!(%addr, "serving /metrics, /status and / over HTTP");
-            tokio::spawn(crate::admin::serve(socket, admin, shutdown.clone()));
-            tokio::spawn(upkeep(metrics, shutdown.clone()));
+            let tracker = &running.services.tracker;
+            tracker.spawn(crate::admin::serve(
+                socket,
+                admin,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+            tracker.spawn(shutdown.clone().run_until_cancelled_owned(upkeep(metrics)));
         }
         // Keeps the command channel open while we run.
         let _control = control;
@@ -264,10 +262,9 @@ impl Server {
     }
 }
 
-/// One listener as it runs, across reloads; what its connections see is its
+/// One listener as it runs, across reloads; its settings are those of its
 /// current [`Context`].
 struct Serving {
-    config: Listener,
     /// The context new connections take; a reload swaps it.
     current: Arc<ArcSwap<Context>>,
     /// TCP: open connections allowed (`max_connections`).
@@ -286,126 +283,106 @@ impl Serving {
     }
 }
 
-struct Running {
-    listeners: HashMap<String, Serving>,
-    /// The sockets of `listeners`, which backends must not be.
-    own: watch::Sender<Arc<OwnSockets>>,
-    /// DNS as configured.
-    dns: DnsSettings,
-    /// Consul's address and token as configured.
-    consul: ConsulSettings,
-    /// As configured at start (the endpoint is not rebound on reload).
-    metrics_addr: Option<SocketAddr>,
+/// What every listener shares, made once when the server starts.
+struct Services {
     discovery: Registry,
     checks: Arc<Checks>,
     metrics: Arc<Metrics>,
     admin: Option<Arc<Admin>>,
-    /// What the running configuration was made from: a change replaces one part.
-    sources: Sources,
-    /// Where the API's listeners are saved.
-    runtime_file: Option<PathBuf>,
-    /// What the API's changes need, as configured.
-    api_token: Option<Secret>,
-    shutdown_grace: Duration,
+    /// The sockets sluice listens on, which backends must not be.
+    own: watch::Sender<Arc<OwnSockets>>,
     shutdown: CancellationToken,
+    /// Cancelled when the shutdown grace is over: open connections close.
     hard_stop: CancellationToken,
+    /// Every task the server starts, so that shutdown can wait for them.
     tracker: TaskTracker,
 }
 
+/// The server as it runs: the configuration in force and its listeners.
+/// [`Running::apply`] is the one place either changes.
+struct Running {
+    /// What the listeners run with now, as validated (but the metrics
+    /// address, which stays the one bound at start).
+    config: Arc<Config>,
+    listeners: HashMap<String, Serving>,
+    services: Services,
+}
+
+/// A reload whose every step that can fail is done: sockets bound and the
+/// DNS client made, so that applying it cannot fail halfway.
+struct Prepared {
+    plan: Plan,
+    /// A socket for each listener that starts or rebinds.
+    fresh: Vec<(Listener, Socket)>,
+    /// Discovery switches to this DNS client (`None`: no listener needs DNS).
+    dns: Option<Option<DnsClient>>,
+}
+
 impl Running {
-    /// An upstream for `listener`, following its backends; with `seed` (the
-    /// upstream it replaces, same backends), backend state carries over.
-    fn upstream(&mut self, listener: &Listener, span: &Span, seed: Option<&Upstream>) -> Upstream {
-        let snapshots = self.discovery.subscribe(&listener.backends);
-        let checks = listener.health.as_ref().map(|_| self.checks.clone());
-        let own = self.own.subscribe();
-        span.in_scope(|| Upstream::follow(listener, snapshots, checks, seed, own))
+    /// Starts `config`'s listeners on the sockets [`Server::bind`] made.
+    fn start(config: Config, sockets: Vec<Socket>, services: Services) -> Running {
+        let nothing: [Listener; 0] = [];
+        let prepared = Prepared {
+            plan: plan::plan(&nothing, &config.dns, &config.consul, &config),
+            fresh: config.listeners.iter().cloned().zip(sockets).collect(),
+            dns: None,
+        };
+        let config = Arc::new(config);
+        let mut running = Running {
+            config: config.clone(),
+            listeners: HashMap::new(),
+            services,
+        };
+        running.apply(config, prepared);
+        running
     }
 
-    fn start(&mut self, listener: &Listener, socket: Socket) -> SocketAddr {
-        let local_addr = socket.local_addr().unwrap_or(listener.bind);
-        let span = info_span!("listener", name = %listener.name);
-        let upstream = self.upstream(listener, &span, None);
-        let metrics = self.metrics.listener(&listener.name);
-        let ctx = Context::first(
-            listener.clone(),
-            local_addr,
-            upstream,
-            metrics,
-            self.hard_stop.clone(),
-            span,
-        );
-        let max_connections = match listener.mode {
-            Mode::Tcp(tcp) => tcp.max_connections,
-            Mode::Udp(_) => 0,
-        };
-        let serving = Serving {
-            config: listener.clone(),
-            current: Arc::new(ArcSwap::new(Arc::new(ctx))),
-            limit: Arc::new(Semaphore::new(max_connections)),
-            stop: self.shutdown.child_token(),
-        };
-        let (current, stop, span) = (
-            serving.current.clone(),
-            serving.stop.clone(),
-            serving.current.load().span.clone(),
-        );
-        match socket {
-            Socket::Tcp(socket) => {
-                let serve =
-                    proxy::tcp::serve(socket, current, serving.limit.clone(), stop, self.tracker.clone());
-                self.tracker.spawn(serve.instrument(span.clone()));
-            }
-            Socket::Udp(socket) => {
-                self.tracker
-                    .spawn(proxy::udp::serve(socket, current, stop).instrument(span.clone()));
-            }
+    /// Replaces the running configuration with `config`, or changes
+    /// nothing if it cannot be applied; counts the outcome as `origin`'s.
+    fn reload(&mut self, mut config: Config, origin: Origin) -> Result<ReloadReport, Error> {
+        if config.metrics != self.config.metrics {
+            warn!("the metrics endpoint address only changes on restart");
+            config.metrics = self.config.metrics;
         }
-        span.in_scope(|| info!(addr = %local_addr, protocol = %listener.protocol(), "listening"));
-        self.listeners.insert(listener.name.clone(), serving);
-        local_addr
+        let result = self
+            .prepare(&config)
+            .map(|prepared| self.apply(Arc::new(config), prepared));
+        self.services.metrics.config_change(origin, result.is_ok());
+        match &result {
+            Ok(report) => info!(
+                ?origin,
+                added = ?report.added,
+                removed = ?report.removed,
+                changed = ?report.changed,
+                "configuration reloaded"
+            ),
+            Err(e) => warn!(error = %e, "reload failed, the running configuration stays"),
+        }
+        result
     }
 
-    /// New settings for a listener on its socket: new connections get a
-    /// new context; with other backends, the old ones' connections drain.
-    fn update(&mut self, listener: Listener, same_backends: bool) {
-        let Some(mut serving) = self.listeners.remove(&listener.name) else {
-            return;
-        };
-        let previous = serving.current.load_full();
-        let seed = same_backends.then_some(&previous.upstream);
-        let upstream = self.upstream(&listener, &previous.span, seed);
-        let metrics = self.metrics.listener(&listener.name);
-        if let (Mode::Tcp(old), Mode::Tcp(new)) = (serving.config.mode, listener.mode) {
-            resize(&serving.limit, old.max_connections, new.max_connections);
-        }
-        serving
-            .current
-            .store(Arc::new(previous.next(listener.clone(), upstream, metrics)));
-        if !same_backends {
-            previous.upstream.retire();
-        }
-        serving.config = listener;
-        self.listeners.insert(serving.config.name.clone(), serving);
-    }
-
-    fn reload(&mut self, config: Config, origin: Origin) -> Result<ReloadReport, Error> {
-        let running = self.listeners.values().map(|s| &s.config);
-        let plan = plan::plan(running, &self.dns, &self.consul, &config);
+    /// Plans the change to `config` and does what could fail.
+    fn prepare(&self, config: &Config) -> Result<Prepared, Error> {
+        let running = &self.config;
+        let plan = plan::plan(&running.listeners, &running.dns, &running.consul, config);
         // A new DNS server, or the first listener that needs one.
-        let dns = if plan.dns_changed || !self.discovery.has_dns() {
-            Some(dns_client(&config)?)
+        let dns = if plan.dns_changed || !self.services.discovery.has_dns() {
+            Some(dns_client(config)?)
         } else {
             None
         };
-        // Bind whatever needs a new socket first: a failure there changes nothing.
         let mut fresh = Vec::new();
         for change in &plan.changes {
             if let Change::Start(listener) | Change::Rebind(listener) = change {
                 fresh.push((listener.clone(), Socket::bind(listener)?));
             }
         }
+        Ok(Prepared { plan, fresh, dns })
+    }
 
+    /// Makes `config`, prepared, the running configuration.
+    fn apply(&mut self, config: Arc<Config>, prepared: Prepared) -> ReloadReport {
+        let Prepared { plan, fresh, dns } = prepared;
         let mut report = ReloadReport::default();
         for change in &plan.changes {
             let (Change::Stop(name) | Change::Rebind(Listener { name, .. })) = change else {
@@ -420,10 +397,10 @@ impl Running {
         }
         // Before any new context subscribes to a source.
         if let Some(dns) = dns {
-            self.discovery.set_dns(dns);
+            self.services.discovery.set_dns(dns);
         }
         if plan.consul_changed {
-            self.discovery.set_consul(config.consul.clone());
+            self.services.discovery.set_consul(config.consul.clone());
         }
         for change in plan.changes {
             if let Change::Update {
@@ -436,29 +413,92 @@ impl Running {
             }
         }
         for (listener, socket) in fresh {
-            let addr = self.start(&listener, socket);
+            let addr = self.serve(&listener, socket);
             report.added.push((listener.name, addr));
         }
-        if self.metrics_addr != config.metrics {
-            warn!("the metrics endpoint address only changes on restart");
-        }
-        self.dns = config.dns.clone();
-        self.consul = config.consul.clone();
-        self.discovery.retain(&config.listeners);
-        self.shutdown_grace = config.shutdown_grace;
-        self.api_token = config.api_token.clone();
+        self.services.discovery.retain(&config.listeners);
+        self.config = config;
         self.publish();
         report.added.sort();
         report.removed.sort();
         report.changed.sort();
-        info!(
-            ?origin,
-            added = ?report.added,
-            removed = ?report.removed,
-            changed = ?report.changed,
-            "configuration reloaded"
+        report
+    }
+
+    /// An upstream for `listener`, following its backends; with `seed` (the
+    /// upstream it replaces, same backends), backend state carries over.
+    fn upstream(&mut self, listener: &Listener, span: &Span, seed: Option<&Upstream>) -> Upstream {
+        let services = &mut self.services;
+        let snapshots = services.discovery.subscribe(&listener.backends);
+        let checks = listener.health.as_ref().map(|_| services.checks.clone());
+        let own = services.own.subscribe();
+        let (upstream, follow) = span.in_scope(|| Upstream::follow(listener, snapshots, checks, seed, own));
+        // In the listener's span: its lines name the listener.
+        let follow = services.shutdown.clone().run_until_cancelled_owned(follow);
+        services.tracker.spawn(follow.instrument(span.clone()));
+        upstream
+    }
+
+    /// Serves `listener` on its new `socket`.
+    fn serve(&mut self, listener: &Listener, socket: Socket) -> SocketAddr {
+        let local_addr = socket.local_addr().unwrap_or(listener.bind);
+        let span = info_span!("listener", name = %listener.name);
+        let upstream = self.upstream(listener, &span, None);
+        let services = &self.services;
+        let ctx = Context::first(
+            listener.clone(),
+            local_addr,
+            upstream,
+            services.metrics.listener(&listener.name),
+            services.hard_stop.clone(),
+            span.clone(),
         );
-        Ok(report)
+        let serving = Serving {
+            current: Arc::new(ArcSwap::new(Arc::new(ctx))),
+            limit: Arc::new(Semaphore::new(max_connections(listener))),
+            stop: services.shutdown.child_token(),
+        };
+        let (current, stop, tracker) = (serving.current.clone(), serving.stop.clone(), &services.tracker);
+        match socket {
+            Socket::Tcp(socket) => {
+                let serve = proxy::tcp::serve(socket, current, serving.limit.clone(), stop, tracker.clone());
+                tracker.spawn(serve.instrument(span.clone()));
+            }
+            Socket::Udp(socket) => {
+                let serve = proxy::udp::serve(socket, current, stop, tracker.clone());
+                tracker.spawn(serve.instrument(span.clone()));
+            }
+        }
+        span.in_scope(|| info!(addr = %local_addr, protocol = %listener.protocol(), "listening"));
+        self.listeners.insert(listener.name.clone(), serving);
+        local_addr
+    }
+
+    /// New settings for a listener on its socket: new connections get a
+    /// new context; with other backends, the old ones' connections drain.
+    fn update(&mut self, listener: Listener, same_backends: bool) {
+        let Some(previous) = self.listeners.get(&listener.name).map(|s| s.current.load_full()) else {
+            return;
+        };
+        let seed = same_backends.then_some(&previous.upstream);
+        let upstream = self.upstream(&listener, &previous.span, seed);
+        let metrics = self.services.metrics.listener(&listener.name);
+        let serving = &self.listeners[&listener.name];
+        let resized = resize(
+            &serving.limit,
+            max_connections(&previous.config),
+            max_connections(&listener),
+        );
+        if let Some(owed) = resized {
+            let owed = self.services.shutdown.clone().run_until_cancelled_owned(owed);
+            self.services.tracker.spawn(owed);
+        }
+        serving
+            .current
+            .store(Arc::new(previous.next(listener, upstream, metrics)));
+        if !same_backends {
+            previous.upstream.retire();
+        }
     }
 
     /// Completes once every listener running now has had its first
@@ -495,18 +535,15 @@ impl Running {
     /// Shows the current listeners and queries on the status page, and
     /// tells every upstream which sockets are sluice's own.
     fn publish(&self) {
-        if let Some(admin) = &self.admin {
-            let mut listeners: Vec<Arc<Context>> =
-                self.listeners.values().map(|l| l.current.load_full()).collect();
+        let contexts = || self.listeners.values().map(|l| l.current.load_full());
+        if let Some(admin) = &self.services.admin {
+            let mut listeners: Vec<Arc<Context>> = contexts().collect();
             listeners.sort_by(|a, b| a.config.name.cmp(&b.config.name));
-            admin.publish(listeners, self.discovery.queries(), self.api_token.clone());
+            let queries = self.services.discovery.queries();
+            admin.publish(listeners, queries, self.config.api_token.clone());
         }
-        let own = OwnSockets::new(
-            self.listeners
-                .values()
-                .map(|serving| (serving.config.protocol(), serving.current.load().local_addr)),
-        );
-        self.own.send_if_modified(|current| {
+        let own = OwnSockets::new(contexts().map(|ctx| (ctx.config.protocol(), ctx.local_addr)));
+        self.services.own.send_if_modified(|current| {
             let changed = **current != own;
             if changed {
                 *current = Arc::new(own);
@@ -516,51 +553,57 @@ impl Running {
     }
 
     async fn shut_down(self) {
-        self.tracker.close();
-        let grace = self.shutdown_grace;
+        let tracker = &self.services.tracker;
+        tracker.close();
+        let grace = self.config.shutdown_grace;
         info!(?grace, "shutting down, letting open connections finish");
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             warn!(
-                open = self.tracker.len(),
+                open = tracker.len(),
                 "shutdown grace over, closing the remaining connections"
             );
-            self.hard_stop.cancel();
+            self.services.hard_stop.cancel();
             // Connections wait on their backend's removal: remove them all,
             // and each sees the hard stop.
             for serving in self.listeners.values() {
                 serving.current.load().upstream.retire();
             }
-            self.tracker.wait().await;
+            tracker.wait().await;
         }
         info!("stopped");
     }
 }
 
-/// Resizes a connection limit; a lower one takes the free permits now and
-/// the rest as connections close (new clients wait meanwhile, as at the limit).
-fn resize(limit: &Arc<Semaphore>, old: usize, new: usize) {
-    if new >= old {
-        limit.add_permits(new - old);
-        return;
-    }
-    let owed = (old - new) - limit.forget_permits(old - new);
-    if owed > 0 {
-        let limit = limit.clone();
-        tokio::spawn(async move {
-            if let Ok(permits) = limit.acquire_many_owned(owed as u32).await {
-                permits.forget();
-            }
-        });
+/// A listener's connection limit (UDP has none).
+fn max_connections(listener: &Listener) -> usize {
+    match listener.mode {
+        Mode::Tcp(tcp) => tcp.max_connections,
+        Mode::Udp(_) => 0,
     }
 }
 
+/// Resizes a connection limit; a lower one takes the free permits now and
+/// returns the task that takes the rest as connections close (new clients
+/// wait meanwhile, as at the limit).
+fn resize(limit: &Arc<Semaphore>, old: usize, new: usize) -> Option<impl Future<Output = ()> + use<>> {
+    if new >= old {
+        limit.add_permits(new - old);
+        return None;
+    }
+    let owed = (old - new) - limit.forget_permits(old - new);
+    let limit = limit.clone();
+    (owed > 0).then_some(async move {
+        if let Ok(permits) = limit.acquire_many_owned(owed as u32).await {
+            permits.forget();
+        }
+    })
+}
+
 /// Folds histogram samples into buckets now and then, so they never pile up.
-async fn upkeep(metrics: Arc<Metrics>, shutdown: CancellationToken) {
+async fn upkeep(metrics: Arc<Metrics>) {
     let mut ticks = tokio::time::interval(METRICS_UPKEEP);
     loop {
-        tokio::select! {
-            _ = ticks.tick() => metrics.upkeep(),
-            _ = shutdown.cancelled() => return,
-        }
+        ticks.tick().await;
+        metrics.upkeep();
     }
 }
