@@ -2,18 +2,16 @@
 //! `/` (an HTML status page in the spirit of HAProxy's stats page),
 //! `/healthz`, `/ready` (200 once every listener has its first discovery
 //! answer, 503 naming what it waits for), and the runtime API under `/v1/`
-//! ([`crate::api`]).
-//! Everything is read from the listeners' live state on request; nothing
-//! here is on a forwarding path.
+//! ([`crate::api`]). Everything is read on request from what the server
+//! last published ([`crate::status::Live`]); nothing here is on a
+//! forwarding path.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
@@ -21,19 +19,17 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::Control;
-use crate::config::{Balance, Listener, Protocol, Secret};
-use crate::discovery::QueryState;
+use crate::api::Api;
+use crate::config::Protocol;
+use crate::control::Control;
 use crate::metrics::{self, LiveFamily, Metrics};
-use crate::net::binds_overlap;
-use crate::proxy::Context;
+use crate::status::{Live, Status};
 
 /// Seconds between refreshes of the HTML page.
 const PAGE_REFRESH_SECONDS: u32 = 2;
@@ -45,210 +41,30 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one connection may last, however busy.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
-/// What the endpoint reads from; the server publishes a new view on reload.
+/// What the endpoint reads from.
 pub struct Admin {
-    started: Instant,
     metrics: Arc<Metrics>,
-    view: ArcSwap<View>,
+    /// What the server last published.
+    pub(crate) live: Live,
     /// Where the API's changes go.
-    pub(crate) control: Control,
+    control: Control,
     /// The endpoint's own address.
-    pub(crate) addr: SocketAddr,
-}
-
-#[derive(Default)]
-struct View {
-    listeners: Vec<Arc<Context>>,
-    queries: Vec<Arc<QueryState>>,
-    api_token: Option<Secret>,
-}
-
-/// The body of `/ready`.
-#[derive(Debug, Serialize)]
-struct Readiness {
-    ready: bool,
-    listeners: usize,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    waiting_for: Vec<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Status {
-    pub version: &'static str,
-    pub uptime_seconds: f64,
-    pub listeners: Vec<ListenerStatus>,
-    pub queries: Vec<QueryStatus>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ListenerStatus {
-    pub name: String,
-    pub bind: String,
-    pub protocol: Protocol,
-    /// The SRV name, or "static".
-    pub query: String,
-    pub balance: Balance,
-    pub active_connections: usize,
-    /// `false` until discovery has answered once.
-    pub resolved: bool,
-    pub backends: Vec<BackendStatus>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct BackendStatus {
-    pub address: String,
-    pub priority: u16,
-    pub weight: u16,
-    pub healthy: bool,
-    pub active_connections: usize,
-    pub total_connections: u64,
-    pub connect_failures: u64,
-    pub ejections: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct QueryStatus {
-    pub name: String,
-    /// Unix time of the last successful lookup.
-    pub last_success: Option<f64>,
-    pub last_error: Option<String>,
-    /// A Consul watch's last `X-Consul-Index`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub index: Option<u64>,
+    addr: SocketAddr,
 }
 
 impl Admin {
     pub fn new(metrics: Arc<Metrics>, control: Control, addr: SocketAddr) -> Admin {
         Admin {
-            started: Instant::now(),
             metrics,
-            view: ArcSwap::default(),
+            live: Live::new(),
             control,
             addr,
         }
     }
 
-    pub fn publish(
-        &self,
-        listeners: Vec<Arc<Context>>,
-        queries: Vec<Arc<QueryState>>,
-        api_token: Option<Secret>,
-    ) {
-        let view = View {
-            listeners,
-            queries,
-            api_token,
-        };
-        self.view.store(Arc::new(view));
-    }
-
-    /// The listener bound where `addr` would bind (`protocol`), if any.
-    pub(crate) fn listener_bound_at(&self, protocol: Protocol, addr: SocketAddr) -> Option<String> {
-        let view = self.view.load();
-        let holder = view
-            .listeners
-            .iter()
-            .find(|ctx| ctx.config.protocol() == protocol && binds_overlap(ctx.local_addr, addr))?;
-        Some(holder.config.name.clone())
-    }
-
-    /// 200 once every listener is bound (it is, once shown here) and has
-    /// had its first discovery answer; 503 with what is awaited until then.
-    fn readiness(&self) -> (StatusCode, Readiness) {
-        let view = self.view.load();
-        let waiting_for: Vec<String> = view
-            .listeners
-            .iter()
-            .filter_map(|ctx| ctx.waiting_for())
-            .collect();
-        let ready = waiting_for.is_empty();
-        let status = if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        let listeners = view.listeners.len();
-        let readiness = Readiness {
-            ready,
-            listeners,
-            waiting_for,
-        };
-        (status, readiness)
-    }
-
-    /// The token the API's changes need, if configured.
-    pub(crate) fn api_token(&self) -> Option<Secret> {
-        self.view.load().api_token.clone()
-    }
-
-    /// The running listeners' settings, by name.
-    pub(crate) fn listeners(&self) -> Vec<Listener> {
-        self.view
-            .load()
-            .listeners
-            .iter()
-            .map(|ctx| ctx.config.clone())
-            .collect()
-    }
-
-    pub fn status(&self) -> Status {
-        let view = self.view.load();
-        let listeners = view
-            .listeners
-            .iter()
-            .map(|ctx| {
-                let config = &ctx.config;
-                let pool = ctx.upstream.current();
-                let backends = pool
-                    .iter()
-                    .flat_map(|p| p.views())
-                    .map(|b| BackendStatus {
-                        address: b.addr.to_string(),
-                        priority: b.priority,
-                        weight: b.weight,
-                        healthy: b.available,
-                        active_connections: b.active,
-                        total_connections: b.total,
-                        connect_failures: b.connect_failures,
-                        ejections: b.ejections,
-                    })
-                    .collect();
-                ListenerStatus {
-                    name: config.name.clone(),
-                    bind: ctx.local_addr.to_string(),
-                    protocol: config.protocol(),
-                    query: config.backends.name(),
-                    balance: config.balance,
-                    active_connections: ctx.active.load(Relaxed),
-                    resolved: pool.is_some(),
-                    backends,
-                }
-            })
-            .collect();
-        let queries = view
-            .queries
-            .iter()
-            .map(|q| {
-                let health = q.health();
-                QueryStatus {
-                    name: q.name.clone(),
-                    last_success: health.last_success.map(crate::unix_seconds),
-                    last_error: health.last_error,
-                    index: health.index,
-                }
-            })
-            .collect();
-        Status {
-            version: env!("CARGO_PKG_VERSION"),
-            uptime_seconds: self.started.elapsed().as_secs_f64(),
-            listeners,
-            queries,
-        }
-    }
-
     /// The Prometheus exposition: recorder series plus live per-backend ones.
     pub fn render_metrics(&self) -> String {
-        let status = self.status();
+        let status = self.live.status();
         let mut active = LiveFamily::new(
             metrics::LISTENER_ACTIVE_CONNECTIONS,
             "gauge",
@@ -305,7 +121,12 @@ impl Admin {
 
     async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.uri().path().starts_with("/v1/") {
-            return crate::api::respond(self, req).await;
+            let api = Api {
+                live: &self.live,
+                control: &self.control,
+                admin_addr: self.addr,
+            };
+            return crate::api::respond(&api, req).await;
         }
         // HEAD answers as GET (hyper leaves the body out).
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -319,13 +140,17 @@ impl Admin {
         let (status, content_type, body) = match req.uri().path() {
             "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", self.render_metrics()),
             "/status" => {
-                let json = serde_json::to_string_pretty(&self.status()).unwrap_or_default();
+                let json = serde_json::to_string_pretty(&self.live.status()).unwrap_or_default();
                 (StatusCode::OK, "application/json", json)
             }
-            "/" => (StatusCode::OK, "text/html; charset=utf-8", html(&self.status())),
+            "/" => (
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                html(&self.live.status()),
+            ),
             "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
             "/ready" => {
-                let (status, readiness) = self.readiness();
+                let (status, readiness) = self.live.readiness();
                 let json = serde_json::to_string_pretty(&readiness).unwrap_or_default();
                 (status, "application/json", json + "\n")
             }

@@ -21,10 +21,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use crate::admin::{Admin, ListenerStatus};
+use crate::Error;
 use crate::config::{Origin, Protocol};
+use crate::control::{ApiChange, ApiError, Control};
 use crate::net::binds_overlap;
-use crate::{ApiChange, ApiError, Error};
+use crate::status::{ListenerStatus, Live};
 
 /// The largest request body read: a listener table is a few hundred bytes.
 const MAX_BODY: usize = 64 << 10;
@@ -50,7 +51,15 @@ struct Failure<'a> {
     problems: &'a [String],
 }
 
-pub async fn respond(admin: &Admin, req: Request<Incoming>) -> HttpResponse {
+/// What the API reads and where its changes go.
+pub(crate) struct Api<'a> {
+    pub live: &'a Live,
+    pub control: &'a Control,
+    /// The admin endpoint's address, a port sluice holds.
+    pub admin_addr: SocketAddr,
+}
+
+pub(crate) async fn respond(api: &Api<'_>, req: Request<Incoming>) -> HttpResponse {
     let path = req.uri().path();
     let name = match path.strip_prefix("/v1/listeners") {
         Some("" | "/") => None,
@@ -60,22 +69,22 @@ pub async fn respond(admin: &Admin, req: Request<Incoming>) -> HttpResponse {
     let method = req.method().clone();
     match (&method, name) {
         (&Method::GET | &Method::HEAD, None) => {
-            let listeners = describe(admin, None);
+            let listeners = describe(api, None);
             json(StatusCode::OK, &serde_json::json!({ "listeners": listeners }))
         }
-        (&Method::GET | &Method::HEAD, Some(name)) => match describe(admin, Some(&name)).pop() {
+        (&Method::GET | &Method::HEAD, Some(name)) => match describe(api, Some(&name)).pop() {
             Some(listener) => json(StatusCode::OK, &listener),
             None => failure(StatusCode::NOT_FOUND, &format!("no listener named '{name}'"), &[]),
         },
-        (&Method::PUT, Some(name)) => put(admin, &name, req).await,
-        (&Method::DELETE, Some(name)) => delete(admin, &name, &req).await,
+        (&Method::PUT, Some(name)) => put(api, &name, req).await,
+        (&Method::DELETE, Some(name)) => delete(api, &name, &req).await,
         (_, None) => not_allowed("GET"),
         (_, Some(_)) => not_allowed("GET, PUT, DELETE"),
     }
 }
 
-async fn put(admin: &Admin, name: &str, req: Request<Incoming>) -> HttpResponse {
-    if let Some(refused) = unauthorized(admin, &req) {
+async fn put(api: &Api<'_>, name: &str, req: Request<Incoming>) -> HttpResponse {
+    if let Some(refused) = unauthorized(api, &req) {
         return refused;
     }
     if !valid_name(name) {
@@ -103,13 +112,13 @@ async fn put(admin: &Admin, name: &str, req: Request<Incoming>) -> HttpResponse 
         Some("udp") => Protocol::Udp,
         _ => Protocol::Tcp,
     };
-    match admin.control.set_listener(name, table).await {
+    match api.control.set_listener(name, table).await {
         Ok(change) => {
             let status = match change {
                 ApiChange::Created => StatusCode::CREATED,
                 _ => StatusCode::OK,
             };
-            let mut response = match describe(admin, Some(name)).pop() {
+            let mut response = match describe(api, Some(name)).pop() {
                 Some(listener) => json(status, &listener),
                 None => json(status, &serde_json::json!({ "name": name })),
             };
@@ -119,24 +128,24 @@ async fn put(admin: &Admin, name: &str, req: Request<Incoming>) -> HttpResponse 
             }
             response
         }
-        Err(e) => refusal(admin, e, protocol).await,
+        Err(e) => refusal(api, e, protocol).await,
     }
 }
 
-async fn delete(admin: &Admin, name: &str, req: &Request<Incoming>) -> HttpResponse {
-    if let Some(refused) = unauthorized(admin, req) {
+async fn delete(api: &Api<'_>, name: &str, req: &Request<Incoming>) -> HttpResponse {
+    if let Some(refused) = unauthorized(api, req) {
         return refused;
     }
-    match admin.control.delete_listener(name).await {
+    match api.control.delete_listener(name).await {
         Ok(_) => json(StatusCode::OK, &serde_json::json!({ "deleted": name })),
-        Err(e) => refusal(admin, e, Protocol::Tcp).await,
+        Err(e) => refusal(api, e, Protocol::Tcp).await,
     }
 }
 
 /// The refusal of a change without the configured token; without one
 /// configured, changes are off.
-fn unauthorized(admin: &Admin, req: &Request<Incoming>) -> Option<HttpResponse> {
-    let Some(token) = admin.api_token() else {
+fn unauthorized(api: &Api<'_>, req: &Request<Incoming>) -> Option<HttpResponse> {
+    let Some(token) = api.live.api_token() else {
         let message = "changes through the API are off: set api_token_file = \"PATH\" in the configuration \
                        (or SLUICE_API_TOKEN in the environment), then send Authorization: Bearer <token>";
         return Some(failure(StatusCode::FORBIDDEN, message, &[]));
@@ -203,9 +212,9 @@ fn null_at(value: &serde_json::Value, key: &str) -> Option<String> {
 }
 
 /// The listener `name` (or all) with settings, origin and state.
-fn describe(admin: &Admin, name: Option<&str>) -> Vec<Described> {
-    let mut states = admin.status().listeners;
-    admin
+fn describe(api: &Api<'_>, name: Option<&str>) -> Vec<Described> {
+    let mut states = api.live.status().listeners;
+    api.live
         .listeners()
         .into_iter()
         .filter(|l| name.is_none_or(|name| l.name == name))
@@ -225,7 +234,7 @@ fn describe(admin: &Admin, name: Option<&str>) -> Vec<Described> {
 }
 
 /// The answer to a change that did not happen (or, `NotSaved`, not lastingly).
-async fn refusal(admin: &Admin, error: ApiError, protocol: Protocol) -> HttpResponse {
+async fn refusal(api: &Api<'_>, error: ApiError, protocol: Protocol) -> HttpResponse {
     let status = match &error {
         ApiError::NotFound(_) => StatusCode::NOT_FOUND,
         ApiError::DefinedInFile { .. } | ApiError::Invalid { conflict: true, .. } => StatusCode::CONFLICT,
@@ -234,7 +243,7 @@ async fn refusal(admin: &Admin, error: ApiError, protocol: Protocol) -> HttpResp
         }
         ApiError::Apply(Error::Bind { addr, source, .. }) if source.kind() == io::ErrorKind::AddrInUse => {
             let addr = *addr;
-            let holder = match own_holder(admin, protocol, addr) {
+            let holder = match own_holder(api, protocol, addr) {
                 Some(own) => Some(own),
                 None => {
                     let holder = tokio::task::spawn_blocking(move || crate::net::port_holder(protocol, addr));
@@ -257,11 +266,11 @@ async fn refusal(admin: &Admin, error: ApiError, protocol: Protocol) -> HttpResp
 
 /// What of sluice's own holds `addr`: a listener bound to port 0 (which no
 /// configuration names) or the admin endpoint.
-fn own_holder(admin: &Admin, protocol: Protocol, addr: SocketAddr) -> Option<String> {
-    if protocol == Protocol::Tcp && binds_overlap(admin.addr, addr) {
+fn own_holder(api: &Api<'_>, protocol: Protocol, addr: SocketAddr) -> Option<String> {
+    if protocol == Protocol::Tcp && binds_overlap(api.admin_addr, addr) {
         return Some("the admin endpoint (`metrics`)".into());
     }
-    let holder = admin.listener_bound_at(protocol, addr)?;
+    let holder = api.live.listener_bound_at(protocol, addr)?;
     Some(format!("listener '{holder}'"))
 }
 

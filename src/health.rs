@@ -150,7 +150,7 @@ async fn probe_tcp(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> 
     if let Some(version) = check.proxy_protocol {
         // An address-less header: the check is sluice's own connection.
         stream
-            .write_all(&crate::proxy::proxy_protocol::header(version, None))
+            .write_all(&crate::proxy_protocol::header(version, None))
             .await
             .map_err(|e| format!("send PROXY header: {e}"))?;
     }

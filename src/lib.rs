@@ -49,6 +49,7 @@ pub mod alarm;
 pub mod api;
 pub mod balancer;
 pub mod config;
+mod control;
 pub mod discovery;
 pub mod health;
 pub mod limits;
@@ -56,6 +57,8 @@ pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod proxy;
+pub mod proxy_protocol;
+pub mod status;
 
 mod server;
 
@@ -63,7 +66,8 @@ use std::io;
 use std::net::SocketAddr;
 
 pub use config::Config;
-pub use server::{ApiChange, ApiError, Control, ReloadReport, Server};
+pub use control::{ApiChange, ApiError, Control, ReloadReport};
+pub use server::Server;
 
 /// Seconds since the Unix epoch, as Prometheus and /status report times.
 pub(crate) fn unix_seconds(time: std::time::SystemTime) -> f64 {

@@ -3,7 +3,6 @@
 //! byte forwarding (`forward`, with the zero-copy `splice` path).
 
 mod forward;
-pub mod proxy_protocol;
 mod sock;
 mod splice;
 pub mod tcp;

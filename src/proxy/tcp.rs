@@ -24,11 +24,11 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::Context;
 use super::forward::{End, Relay};
-use super::proxy_protocol::{self, BadHeader, Origin};
-use super::sock::{self, Listening, Sock};
+use super::sock::{self, Listening, Sock, read_some};
 use crate::alarm::Alarm;
 use crate::balancer::{Lease, Pool};
 use crate::config::{DataPath, MAX_DURATION, Mode, TcpSettings};
+use crate::proxy_protocol::{self, BadHeader, MAX_HEADER, Origin};
 
 /// Distinct backends tried for one client before giving up.
 const MAX_ATTEMPTS: usize = 3;
@@ -377,13 +377,7 @@ async fn origin(
     }
     let local = client.get_ref().local_addr().unwrap_or(ctx.local_addr);
     // Boxed: only listeners with `accept_proxy` need room for its buffer.
-    Box::pin(proxy_protocol::accept(
-        client,
-        peer,
-        local,
-        ctx.config.connect_timeout,
-    ))
-    .await
+    Box::pin(read_proxy_header(client, peer, local, ctx.config.connect_timeout)).await
 }
 
 /// Connects to up to [`MAX_ATTEMPTS`] distinct backends in turn.
@@ -417,4 +411,37 @@ async fn connect(ctx: &Context, pool: &Pool, peer: SocketAddr) -> Option<(Sock, 
         ctx.upstream.unreachable(peer, why);
     }
     None
+}
+
+/// Reads the PROXY header (v1 or v2) `stream` starts with, within `wait`.
+/// Returns whom the connection is for, and the client's bytes read past the
+/// header, which belong to the backend.
+async fn read_proxy_header(
+    stream: &Sock,
+    peer: SocketAddr,
+    local: SocketAddr,
+    wait: Duration,
+) -> Result<(Origin, Vec<u8>), BadHeader> {
+    let mut buf = Vec::with_capacity(256);
+    let read = async {
+        let mut chunk = [0u8; 512];
+        loop {
+            if let Some((origin, consumed)) = proxy_protocol::parse(&buf, peer, local)? {
+                buf.drain(..consumed);
+                return Ok(origin);
+            }
+            if buf.len() >= MAX_HEADER {
+                return Err(BadHeader::TooLarge);
+            }
+            let room = chunk.len().min(MAX_HEADER - buf.len());
+            match read_some(stream, &mut chunk[..room]).await {
+                Ok(0) | Err(_) => return Err(BadHeader::Closed),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let origin = tokio::time::timeout(wait, read)
+        .await
+        .map_err(|_| BadHeader::Timeout(wait))??;
+    Ok((origin, buf))
 }

@@ -31,6 +31,7 @@ use crate::Error;
 use crate::admin::Admin;
 use crate::balancer::Upstream;
 use crate::config::{BackendSource, Config, Listener, Mode, Origin, Protocol};
+use crate::control::{Command, Control, ReloadReport};
 use crate::discovery::Registry;
 use crate::discovery::dns::DnsClient;
 use crate::health::Checks;
@@ -38,7 +39,6 @@ use crate::metrics::Metrics;
 use crate::net::OwnSockets;
 use crate::notify;
 use crate::proxy::{self, Context, Listening};
-use changes::Command;
 use plan::{Change, Plan};
 
 /// Pending connections the kernel queues per listener while at `max_connections`.
@@ -124,17 +124,6 @@ fn dns_client(config: &Config) -> Result<Option<DnsClient>, Error> {
     }
     DnsClient::new(&config.dns).map(Some).map_err(Error::NoDns)
 }
-
-/// What a reload changed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ReloadReport {
-    /// New listeners with the address they bound.
-    pub added: Vec<(String, SocketAddr)>,
-    pub removed: Vec<String>,
-    pub changed: Vec<String>,
-}
-
-pub use changes::{ApiChange, ApiError, Control};
 
 /// Every listener bound, ready to [`run`](Server::run).
 pub struct Server {
@@ -540,7 +529,9 @@ impl Running {
             let mut listeners: Vec<Arc<Context>> = contexts().collect();
             listeners.sort_by(|a, b| a.config.name.cmp(&b.config.name));
             let queries = self.services.discovery.queries();
-            admin.publish(listeners, queries, self.config.api_token.clone());
+            admin
+                .live
+                .publish(listeners, queries, self.config.api_token.clone());
         }
         let own = OwnSockets::new(contexts().map(|ctx| (ctx.config.protocol(), ctx.local_addr)));
         self.services.own.send_if_modified(|current| {

@@ -1,17 +1,16 @@
 //! The PROXY protocol (HAProxy's; v1 a text line, v2 binary), both ways:
-//! reading the header a fronting balancer puts before a client's bytes
-//! (`accept_proxy`), and writing one before ours to a backend
-//! (`proxy_protocol`), so that each hop knows the real client. The wire
-//! format is the `ppp` crate's; what is sluice's is the reading loop, its
-//! bounds, and what an address-less header (LOCAL, UNKNOWN) means.
+//! parsing the header a fronting balancer puts before a client's bytes
+//! (`accept_proxy`, read by the TCP proxy), and writing one before ours to
+//! a backend (`proxy_protocol`, by the proxy and health checks), so that
+//! each hop knows the real client. The wire format is the `ppp` crate's;
+//! what is sluice's is its bounds and what an address-less header (LOCAL,
+//! UNKNOWN) means.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use ppp::{HeaderResult, PartialResult, v1, v2};
-
-use super::sock::{Sock, read_some};
 
 use crate::config::ProxyVersion;
 
@@ -54,42 +53,13 @@ impl fmt::Display for BadHeader {
     }
 }
 
-/// Reads the PROXY header (v1 or v2) `stream` starts with, within `wait`.
-/// Returns whom the connection is for, and the client's bytes read past the
-/// header, which belong to the backend.
-pub async fn accept(
-    stream: &Sock,
-    peer: SocketAddr,
-    local: SocketAddr,
-    wait: Duration,
-) -> Result<(Origin, Vec<u8>), BadHeader> {
-    let mut buf = Vec::with_capacity(256);
-    let read = async {
-        let mut chunk = [0u8; 512];
-        loop {
-            if let Some((origin, consumed)) = parse(&buf, peer, local)? {
-                buf.drain(..consumed);
-                return Ok(origin);
-            }
-            if buf.len() >= MAX_HEADER {
-                return Err(BadHeader::TooLarge);
-            }
-            let room = chunk.len().min(MAX_HEADER - buf.len());
-            match read_some(stream, &mut chunk[..room]).await {
-                Ok(0) | Err(_) => return Err(BadHeader::Closed),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    let origin = tokio::time::timeout(wait, read)
-        .await
-        .map_err(|_| BadHeader::Timeout(wait))??;
-    Ok((origin, buf))
-}
-
 /// The header at the start of `buf`, and its length; `None` while it may
 /// still be completed by more bytes.
-fn parse(buf: &[u8], peer: SocketAddr, local: SocketAddr) -> Result<Option<(Origin, usize)>, BadHeader> {
+pub(crate) fn parse(
+    buf: &[u8],
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Result<Option<(Origin, usize)>, BadHeader> {
     // A v1 header is one line. ppp takes a line cut right after a space
     // (`... 1000 `) for a malformed one, so it only ever sees whole lines.
     if buf.starts_with(b"PROXY") && !buf.windows(2).any(|w| w == b"\r\n") {
