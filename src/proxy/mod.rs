@@ -9,11 +9,12 @@ pub mod tcp;
 pub mod udp;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
@@ -21,14 +22,24 @@ pub use forward::{End, Transfer};
 pub use sock::{Listening, register_listener};
 
 use crate::alarm::Alarm;
-use crate::balancer::{Lease, Upstream};
-use crate::config::Listener;
+use crate::balancer::Upstream;
+use crate::config::{Listener, TcpSettings, UdpSettings};
 use crate::metrics::ListenerMetrics;
+
+/// A protocol's own listener settings ([`TcpSettings`], [`UdpSettings`]).
+pub trait Settings: Send + Sync + 'static {}
+
+impl Settings for TcpSettings {}
+impl Settings for UdpSettings {}
 
 /// One generation of a listener's settings, as its connections or flows see
 /// them. A reload that changes the listener gives new connections a new one;
 /// connections keep the one they started with.
-pub struct Context {
+///
+/// Typed by protocol (`Context<TcpSettings>`), so the proxy reads its
+/// settings without asking which protocol it is; `Context` alone is
+/// either, for what reads only the rest (status, the server).
+pub struct Context<S: Settings + ?Sized = dyn Settings> {
     pub config: Listener,
     /// The address really bound (`config.bind` may ask for port 0).
     pub local_addr: SocketAddr,
@@ -42,9 +53,11 @@ pub struct Context {
     pub span: Span,
     /// Clients' PROXY headers refused lately (logged once, not per client).
     pub bad_headers: Alarm,
+    /// The protocol's settings, from `config.mode`.
+    pub settings: S,
 }
 
-impl Context {
+impl<S: Settings + ?Sized> Context<S> {
     /// What keeps this listener from being ready, if anything: the first
     /// answer of its discovery (a bound listener is ready once it has one).
     pub fn waiting_for(&self) -> Option<String> {
@@ -61,12 +74,16 @@ impl Context {
     /// The first context of a new listener.
     pub fn first(
         config: Listener,
+        settings: S,
         local_addr: SocketAddr,
         upstream: Upstream,
         metrics: ListenerMetrics,
         hard_stop: CancellationToken,
         span: Span,
-    ) -> Context {
+    ) -> Context<S>
+    where
+        S: Sized,
+    {
         Context {
             config,
             local_addr,
@@ -76,12 +93,22 @@ impl Context {
             hard_stop,
             span,
             bad_headers: Alarm::new(),
+            settings,
         }
     }
 
     /// The context that follows this one after a reload: new settings, the
     /// same socket, open-connection count, removal token and log span.
-    pub fn next(&self, config: Listener, upstream: Upstream, metrics: ListenerMetrics) -> Context {
+    pub fn next(
+        &self,
+        config: Listener,
+        settings: S,
+        upstream: Upstream,
+        metrics: ListenerMetrics,
+    ) -> Context<S>
+    where
+        S: Sized,
+    {
         Context {
             config,
             local_addr: self.local_addr,
@@ -91,19 +118,53 @@ impl Context {
             hard_stop: self.hard_stop.clone(),
             span: self.span.clone(),
             bad_headers: Alarm::new(),
+            settings,
+        }
+    }
+}
+
+/// Why a connection or flow ends when its timer fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// Nothing moved for `idle_timeout`.
+    Idle,
+    /// Its backend or listener was removed, and `drain_timeout` is over.
+    Drained,
+}
+
+/// The one timer a TCP connection or UDP flow keeps: it fires at the idle
+/// deadline as last known or at the drain's end, whichever comes first, and
+/// is moved only when it fires (not per message).
+#[derive(Debug, Default)]
+pub(crate) struct Expiry {
+    drain_ends: Option<Instant>,
+}
+
+impl Expiry {
+    /// Its backend was removed: it may go on for `drain_timeout` (`None`:
+    /// until it ends by itself or idles).
+    pub(crate) fn drain(&mut self, drain_timeout: Option<Duration>, timer: Pin<&mut Sleep>) {
+        if let Some(grace) = drain_timeout {
+            let ends = Instant::now() + grace;
+            self.drain_ends = Some(ends);
+            if ends < timer.deadline() {
+                timer.reset(ends);
+            }
         }
     }
 
-    /// Resolves once a flow on `lease` must end: its backend or this
-    /// listener was removed (both cancel the lease's backend) and
-    /// `drain_timeout` has passed.
-    pub async fn drain_over(&self, lease: &Lease) {
-        lease.removed().await;
-        match self.config.drain_timeout {
-            Some(grace) => tokio::time::sleep(grace).await,
-            // Unlimited: the connection ends by itself or by idle timeout.
-            None => std::future::pending().await,
+    /// The timer fired: why it ends now, or `None` with the timer moved to
+    /// the next deadline. `idle_ends`: the idle deadline as of the last byte.
+    pub(crate) fn fired(&self, idle_ends: Instant, timer: Pin<&mut Sleep>) -> Option<Expired> {
+        let now = Instant::now();
+        if self.drain_ends.is_some_and(|ends| ends <= now) {
+            return Some(Expired::Drained);
         }
+        if idle_ends <= now {
+            return Some(Expired::Idle);
+        }
+        timer.reset(self.drain_ends.map_or(idle_ends, |ends| ends.min(idle_ends)));
+        None
     }
 }
 

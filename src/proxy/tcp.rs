@@ -22,12 +22,12 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
-use super::Context;
 use super::forward::{End, Relay};
 use super::sock::{self, Listening, Sock, read_some};
+use super::{Context, Expired, Expiry};
 use crate::alarm::Alarm;
 use crate::balancer::{Lease, Pool};
-use crate::config::{DataPath, MAX_DURATION, Mode, TcpSettings};
+use crate::config::TcpSettings;
 use crate::proxy_protocol::{self, BadHeader, MAX_HEADER, Origin};
 
 /// Distinct backends tried for one client before giving up.
@@ -42,7 +42,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// changes new connections only; `limit` is resized by reload too.
 pub async fn serve(
     listener: Listening,
-    current: Arc<ArcSwap<Context>>,
+    current: Arc<ArcSwap<Context<TcpSettings>>>,
     limit: Arc<Semaphore>,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -128,7 +128,7 @@ pin_project! {
     enum Phase {
         // The setup's state stays in its box; what it hands over is small,
         // the context included (held by the box until then, not twice).
-        Setup { setup: Pin<Box<dyn Future<Output = Option<(Sock, Established, Arc<Context>)>> + Send>> },
+        Setup { setup: Pin<Box<dyn Future<Output = Option<(Sock, Established, Arc<Context<TcpSettings>>)>> + Send>> },
         Relaying { #[pin] relaying: Relaying },
         Done,
     }
@@ -161,16 +161,12 @@ impl Future for Connection {
 fn connection(
     client: Sock,
     peer: SocketAddr,
-    ctx: Arc<Context>,
+    ctx: Arc<Context<TcpSettings>>,
     open: (Open, OwnedSemaphorePermit),
 ) -> Connection {
     let setup = async move {
-        // Protocol changes rebind, so a TCP listener's context is always TCP.
-        let Mode::Tcp(settings) = &ctx.config.mode else {
-            return None;
-        };
         let established = tokio::select! {
-            established = setup(&client, peer, &ctx, settings) => established?,
+            established = setup(&client, peer, &ctx) => established?,
             _ = ctx.hard_stop.cancelled() => return None,
         };
         Some((client, established, ctx))
@@ -189,15 +185,14 @@ pin_project! {
     /// connection is logged.
     struct Relaying {
         relay: Relay,
-        ctx: Arc<Context>,
+        ctx: Arc<Context<TcpSettings>>,
         lease: Lease,
         // The client, kept where the access log or a PROXY header needs
         // it; otherwise read back from the socket for debug logs.
         client: Option<Box<SocketAddr>>,
         started: Instant,
-        idle: Duration,
         // Set once the lease's backend is removed, with a drain timeout.
-        drain_ends: Option<Instant>,
+        expiry: Expiry,
         // The lease's removal; once seen, the hard stop (which also
         // removes every backend, so one wait serves both).
         #[pin]
@@ -209,12 +204,12 @@ pin_project! {
 }
 
 impl Relaying {
-    fn new(client: Sock, established: Established, ctx: Arc<Context>) -> Relaying {
-        let (data_path, idle) = match ctx.config.mode {
-            Mode::Tcp(settings) => (settings.data_path, settings.idle_timeout),
-            // Never: protocol changes rebind, a TCP listener's context is TCP.
-            Mode::Udp(_) => (DataPath::Copy, MAX_DURATION),
-        };
+    fn new(client: Sock, established: Established, ctx: Arc<Context<TcpSettings>>) -> Relaying {
+        let TcpSettings {
+            data_path,
+            idle_timeout,
+            ..
+        } = ctx.settings;
         let Established {
             backend,
             lease,
@@ -228,9 +223,8 @@ impl Relaying {
             lease,
             client: address,
             started: now,
-            idle,
-            drain_ends: None,
-            timer: tokio::time::sleep_until(now + idle),
+            expiry: Expiry::default(),
+            timer: tokio::time::sleep_until(now + idle_timeout),
         }
     }
 }
@@ -245,13 +239,8 @@ impl Future for Relaying {
                 if this.ctx.hard_stop.is_cancelled() {
                     break 'ended End::Stopped;
                 }
-                if let Some(grace) = this.ctx.config.drain_timeout {
-                    let ends = Instant::now() + grace;
-                    *this.drain_ends = Some(ends);
-                    if ends < this.timer.deadline() {
-                        this.timer.as_mut().reset(ends);
-                    }
-                }
+                this.expiry
+                    .drain(this.ctx.config.drain_timeout, this.timer.as_mut());
                 this.waiting.set(this.ctx.hard_stop.clone().cancelled_owned());
             }
             if let Some(end) = this.relay.poll_directions(cx, &this.ctx.metrics) {
@@ -259,18 +248,12 @@ impl Future for Relaying {
             }
             loop {
                 ready!(this.timer.as_mut().poll(cx));
-                let now = Instant::now();
-                if this.drain_ends.is_some_and(|ends| ends <= now) {
-                    break 'ended End::Drained;
+                let idle_ends = this.relay.last_moved + this.ctx.settings.idle_timeout;
+                match this.expiry.fired(idle_ends, this.timer.as_mut()) {
+                    Some(Expired::Drained) => break 'ended End::Drained,
+                    Some(Expired::Idle) => break 'ended End::Idle,
+                    None => {}
                 }
-                // Moved only when it fires, not per message.
-                let idle_ends = this.relay.last_moved + *this.idle;
-                if idle_ends <= now {
-                    break 'ended End::Idle;
-                }
-                this.timer
-                    .as_mut()
-                    .reset(this.drain_ends.map_or(idle_ends, |ends| ends.min(idle_ends)));
             }
         };
         let transfer = this.relay.finish(end);
@@ -286,11 +269,7 @@ impl Future for Relaying {
                 .client_peer()
                 .map_or_else(|| "unknown".into(), |peer| peer.to_string()),
         };
-        let access_log = matches!(
-            this.ctx.config.mode,
-            Mode::Tcp(TcpSettings { access_log: true, .. })
-        );
-        if access_log {
+        if this.ctx.settings.access_log {
             info!(target: "sluice::access", client = %client(), %backend, up, down, ?duration, %ended);
         } else {
             debug!(client = %client(), %backend, up, down, ?duration, %ended, "connection ended");
@@ -301,13 +280,9 @@ impl Future for Relaying {
 
 /// Everything before the relay: the client's PROXY header, the first
 /// discovery answer, a connected backend and our header to it.
-async fn setup(
-    client: &Sock,
-    peer: SocketAddr,
-    ctx: &Context,
-    settings: &TcpSettings,
-) -> Option<Established> {
-    let (origin, early) = match origin(client, peer, ctx, settings).await {
+async fn setup(client: &Sock, peer: SocketAddr, ctx: &Context<TcpSettings>) -> Option<Established> {
+    let settings = &ctx.settings;
+    let (origin, early) = match origin(client, peer, ctx).await {
         Ok(found) => found,
         Err(bad) => {
             ctx.metrics.proxy_protocol_errors.increment(1);
@@ -350,9 +325,9 @@ async fn setup(
 async fn origin(
     client: &Sock,
     peer: SocketAddr,
-    ctx: &Context,
-    settings: &TcpSettings,
+    ctx: &Context<TcpSettings>,
 ) -> Result<(Origin, Vec<u8>), BadHeader> {
+    let settings = &ctx.settings;
     let direct = Origin {
         client: peer,
         destination: ctx.local_addr,
@@ -382,7 +357,7 @@ async fn origin(
 
 /// Connects to up to [`MAX_ATTEMPTS`] distinct backends in turn.
 /// `peer` is the client as far as choosing goes (the PROXY header's, if any).
-async fn connect(ctx: &Context, pool: &Pool, peer: SocketAddr) -> Option<(Sock, Lease)> {
+async fn connect(ctx: &Context<TcpSettings>, pool: &Pool, peer: SocketAddr) -> Option<(Sock, Lease)> {
     let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_ATTEMPTS];
     let mut attempts = 0;
     while attempts < MAX_ATTEMPTS {

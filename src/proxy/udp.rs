@@ -29,15 +29,15 @@ use socket2::SockRef;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
-use super::{Activity, Context};
+use super::{Activity, Context, Expired, Expiry};
 use crate::alarm::Alarm;
 use crate::balancer::{Lease, Pool};
-use crate::config::{Mode, UdpSettings};
+use crate::config::UdpSettings;
 
 /// Flows closed at once when no socket can be opened (descriptors exhausted).
 const EVICT_FOR_DESCRIPTORS: usize = 16;
@@ -80,26 +80,23 @@ impl Drop for Flow {
 /// context current when it arrives (a reload changes new flows only).
 pub async fn serve(
     socket: UdpSocket,
-    current: Arc<ArcSwap<Context>>,
+    current: Arc<ArcSwap<Context<UdpSettings>>>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
     let ctx = current.load_full();
-    if let Some(settings) = udp_settings(&ctx) {
-        Flows::new(Arc::new(socket), current, ctx, settings, tracker)
-            .run(stop)
-            .await;
-    }
+    Flows::new(Arc::new(socket), current, ctx, tracker)
+        .run(stop)
+        .await;
     info!("stopped receiving");
 }
 
 /// One UDP listener's state: the flow table and what maintaining it needs.
 struct Flows {
     socket: Arc<UdpSocket>,
-    current: Arc<ArcSwap<Context>>,
-    /// The context of the datagram being handled, and its UDP settings.
-    ctx: Arc<Context>,
-    settings: UdpSettings,
+    current: Arc<ArcSwap<Context<UdpSettings>>>,
+    /// The context of the datagram being handled.
+    ctx: Arc<Context<UdpSettings>>,
     table: LruCache<SocketAddr, Flow>,
     /// Backends that refused a client, avoided by its next flow.
     refused: HashMap<SocketAddr, SocketAddr>,
@@ -119,15 +116,13 @@ struct Flows {
 impl Flows {
     fn new(
         socket: Arc<UdpSocket>,
-        current: Arc<ArcSwap<Context>>,
-        ctx: Arc<Context>,
-        settings: UdpSettings,
+        current: Arc<ArcSwap<Context<UdpSettings>>>,
+        ctx: Arc<Context<UdpSettings>>,
         tracker: TaskTracker,
     ) -> Flows {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         Flows {
             socket,
-            settings,
             ctx,
             current,
             table: LruCache::unbounded(),
@@ -154,10 +149,9 @@ impl Flows {
                         }
                         if !Arc::ptr_eq(&self.ctx, &self.current.load()) {
                             self.ctx = self.current.load_full();
-                            self.settings = udp_settings(&self.ctx).unwrap_or(self.settings);
                             self.waited = false;
                         }
-                        if self.settings.replies {
+                        if self.ctx.settings.replies {
                             self.forward(client, &buf[..n]).await;
                         } else {
                             self.spread(client, &buf[..n]).await;
@@ -190,7 +184,7 @@ impl Flows {
         self.ctx.active.fetch_sub(1, Relaxed);
         if end == FlowEnd::Refused {
             flow.lease.failed("port unreachable");
-            if self.refused.len() >= self.settings.max_flows {
+            if self.refused.len() >= self.ctx.settings.max_flows {
                 self.refused.clear();
             }
             self.refused.insert(client, flow.lease.addr());
@@ -264,7 +258,7 @@ impl Flows {
             ctx.upstream.unreachable(client, "no backends");
             return false;
         };
-        if self.table.len() >= self.settings.max_flows {
+        if self.table.len() >= self.ctx.settings.max_flows {
             self.evict_oldest();
         }
         let mut opened = connected_socket(lease.addr()).await;
@@ -301,7 +295,7 @@ impl Flows {
             listener: self.socket.clone(),
             clock: clock.clone(),
             ctx: ctx.clone(),
-            idle_timeout: self.settings.idle_timeout,
+            idle_timeout: self.ctx.settings.idle_timeout,
             lease: lease.clone(),
             ended: self.ended_tx.clone(),
         };
@@ -355,15 +349,6 @@ impl Flows {
     }
 }
 
-/// A UDP listener's settings (protocol changes rebind, so a UDP listener's
-/// context is always UDP).
-fn udp_settings(ctx: &Context) -> Option<UdpSettings> {
-    match ctx.config.mode {
-        Mode::Udp(settings) => Some(settings),
-        Mode::Tcp(_) => None,
-    }
-}
-
 /// One non-blocking send, straight to the kernel. tokio's `try_send` would
 /// refuse a socket whose writability the reactor has not reported yet (every
 /// new flow's first datagram); a full buffer still fails with `WouldBlock`.
@@ -389,7 +374,7 @@ struct Replies {
     upstream: Arc<UdpSocket>,
     listener: Arc<UdpSocket>,
     clock: Arc<Activity>,
-    ctx: Arc<Context>,
+    ctx: Arc<Context<UdpSettings>>,
     idle_timeout: Duration,
     lease: Arc<Lease>,
     ended: mpsc::UnboundedSender<(SocketAddr, u64, FlowEnd)>,
@@ -411,10 +396,10 @@ impl Replies {
             lease,
             ended,
         } = self;
-        // One timer per flow, moved only when it fires (not per datagram).
         let timer = sleep_until(clock.deadline(idle));
-        let drained = ctx.drain_over(&lease);
-        tokio::pin!(timer, drained);
+        let removed = lease.removed();
+        tokio::pin!(timer, removed);
+        let (mut expiry, mut draining) = (Expiry::default(), false);
         let end = loop {
             tokio::select! {
                 readable = upstream.readable() => {
@@ -437,14 +422,15 @@ impl Replies {
                         Err(e) => debug!(%client, error = %e, "reply lost"),
                     }
                 }
-                _ = &mut timer => {
-                    let deadline = clock.deadline(idle);
-                    if deadline <= Instant::now() {
-                        break FlowEnd::Idle;
-                    }
-                    timer.as_mut().reset(deadline);
+                _ = &mut timer => match expiry.fired(clock.deadline(idle), timer.as_mut()) {
+                    Some(Expired::Idle) => break FlowEnd::Idle,
+                    Some(Expired::Drained) => break FlowEnd::Drained,
+                    None => {}
+                },
+                _ = &mut removed, if !draining => {
+                    draining = true;
+                    expiry.drain(ctx.config.drain_timeout, timer.as_mut());
                 }
-                _ = &mut drained => break FlowEnd::Drained,
             }
         };
         let _ = ended.send((client, id, end));

@@ -30,15 +30,15 @@ use tracing::{Instrument, Span, info, info_span, warn};
 use crate::Error;
 use crate::admin::Admin;
 use crate::balancer::Upstream;
-use crate::config::{BackendSource, Config, Listener, Mode, Origin, Protocol};
+use crate::config::{BackendSource, Config, Listener, Mode, Origin, Protocol, TcpSettings, UdpSettings};
 use crate::control::{Command, Control, ReloadReport};
 use crate::discovery::Registry;
 use crate::discovery::dns::DnsClient;
 use crate::health::Checks;
-use crate::metrics::Metrics;
+use crate::metrics::{ListenerMetrics, Metrics};
 use crate::net::OwnSockets;
 use crate::notify;
-use crate::proxy::{self, Context, Listening};
+use crate::proxy::{self, Context, Listening, Settings};
 use plan::{Change, Plan};
 
 /// Pending connections the kernel queues per listener while at `max_connections`.
@@ -48,10 +48,10 @@ const UDP_RECEIVE_BUFFER: usize = 4 << 20;
 /// How often histogram samples are folded into buckets.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
-/// A bound listening socket.
+/// A bound listening socket, with the settings of the protocol it was bound for.
 enum Socket {
-    Tcp(Listening),
-    Udp(UdpSocket),
+    Tcp(Listening, TcpSettings),
+    Udp(UdpSocket, UdpSettings),
 }
 
 impl Socket {
@@ -65,13 +65,13 @@ impl Socket {
             if listener.reuse_port {
                 socket.set_reuse_port(true)?;
             }
-            match listener.protocol() {
-                Protocol::Tcp => listen_proxied(socket, listener.bind).map(Socket::Tcp),
-                Protocol::Udp => {
+            match listener.mode {
+                Mode::Tcp(tcp) => listen_proxied(socket, listener.bind).map(|s| Socket::Tcp(s, tcp)),
+                Mode::Udp(udp) => {
                     let _ = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
                     socket.set_nonblocking(true)?;
                     socket.bind(&listener.bind.into())?;
-                    UdpSocket::from_std(socket.into()).map(Socket::Udp)
+                    UdpSocket::from_std(socket.into()).map(|s| Socket::Udp(s, udp))
                 }
             }
         });
@@ -84,8 +84,8 @@ impl Socket {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
-            Socket::Tcp(s) => s.get_ref().local_addr(),
-            Socket::Udp(s) => s.local_addr(),
+            Socket::Tcp(s, _) => s.get_ref().local_addr(),
+            Socket::Udp(s, _) => s.local_addr(),
         }
     }
 }
@@ -254,12 +254,52 @@ impl Server {
 /// One listener as it runs, across reloads; its settings are those of its
 /// current [`Context`].
 struct Serving {
-    /// The context new connections take; a reload swaps it.
-    current: Arc<ArcSwap<Context>>,
-    /// TCP: open connections allowed (`max_connections`).
-    limit: Arc<Semaphore>,
+    current: Current,
     /// Stops accepting (cancelled by shutdown too).
     stop: CancellationToken,
+}
+
+/// The context new connections or flows take; a reload swaps it.
+enum Current {
+    Tcp {
+        current: Arc<ArcSwap<Context<TcpSettings>>>,
+        /// Open connections allowed (`max_connections`).
+        limit: Arc<Semaphore>,
+    },
+    Udp(Arc<ArcSwap<Context<UdpSettings>>>),
+}
+
+impl Current {
+    fn load(&self) -> Arc<Context> {
+        match self {
+            Current::Tcp { current, .. } => current.load_full(),
+            Current::Udp(current) => current.load_full(),
+        }
+    }
+
+    /// Gives new connections `listener`'s settings; returns what a lower
+    /// connection limit still has to take back as connections close.
+    fn advance(
+        &self,
+        listener: Listener,
+        upstream: Upstream,
+        metrics: ListenerMetrics,
+    ) -> Option<impl Future<Output = ()> + use<>> {
+        match (self, listener.mode) {
+            (Current::Tcp { current, limit }, Mode::Tcp(tcp)) => {
+                let previous = current.load();
+                let owed = resize(limit, previous.settings.max_connections, tcp.max_connections);
+                current.store(Arc::new(previous.next(listener, tcp, upstream, metrics)));
+                owed
+            }
+            (Current::Udp(current), Mode::Udp(udp)) => {
+                current.store(Arc::new(current.load().next(listener, udp, upstream, metrics)));
+                None
+            }
+            // The plan rebinds a listener whose protocol changed.
+            _ => None,
+        }
+    }
 }
 
 impl Serving {
@@ -433,58 +473,74 @@ impl Running {
         let local_addr = socket.local_addr().unwrap_or(listener.bind);
         let span = info_span!("listener", name = %listener.name);
         let upstream = self.upstream(listener, &span, None);
-        let services = &self.services;
+        let (stop, tracker) = (self.services.shutdown.child_token(), &self.services.tracker);
+        let current = match socket {
+            Socket::Tcp(socket, tcp) => {
+                let (current, limit) = (
+                    self.first_context(listener, tcp, local_addr, upstream, &span),
+                    Arc::new(Semaphore::new(tcp.max_connections)),
+                );
+                let serve = proxy::tcp::serve(
+                    socket,
+                    current.clone(),
+                    limit.clone(),
+                    stop.clone(),
+                    tracker.clone(),
+                );
+                tracker.spawn(serve.instrument(span.clone()));
+                Current::Tcp { current, limit }
+            }
+            Socket::Udp(socket, udp) => {
+                let current = self.first_context(listener, udp, local_addr, upstream, &span);
+                let serve = proxy::udp::serve(socket, current.clone(), stop.clone(), tracker.clone());
+                tracker.spawn(serve.instrument(span.clone()));
+                Current::Udp(current)
+            }
+        };
+        span.in_scope(|| info!(addr = %local_addr, protocol = %listener.protocol(), "listening"));
+        self.listeners
+            .insert(listener.name.clone(), Serving { current, stop });
+        local_addr
+    }
+
+    /// A new listener's first context, with its protocol's `settings`,
+    /// behind the swap that reloads replace it through.
+    fn first_context<S: Settings>(
+        &self,
+        listener: &Listener,
+        settings: S,
+        local_addr: SocketAddr,
+        upstream: Upstream,
+        span: &Span,
+    ) -> Arc<ArcSwap<Context<S>>> {
+        let metrics = self.services.metrics.listener(&listener.name);
+        let hard_stop = self.services.hard_stop.clone();
         let ctx = Context::first(
             listener.clone(),
+            settings,
             local_addr,
             upstream,
-            services.metrics.listener(&listener.name),
-            services.hard_stop.clone(),
+            metrics,
+            hard_stop,
             span.clone(),
         );
-        let serving = Serving {
-            current: Arc::new(ArcSwap::new(Arc::new(ctx))),
-            limit: Arc::new(Semaphore::new(max_connections(listener))),
-            stop: services.shutdown.child_token(),
-        };
-        let (current, stop, tracker) = (serving.current.clone(), serving.stop.clone(), &services.tracker);
-        match socket {
-            Socket::Tcp(socket) => {
-                let serve = proxy::tcp::serve(socket, current, serving.limit.clone(), stop, tracker.clone());
-                tracker.spawn(serve.instrument(span.clone()));
-            }
-            Socket::Udp(socket) => {
-                let serve = proxy::udp::serve(socket, current, stop, tracker.clone());
-                tracker.spawn(serve.instrument(span.clone()));
-            }
-        }
-        span.in_scope(|| info!(addr = %local_addr, protocol = %listener.protocol(), "listening"));
-        self.listeners.insert(listener.name.clone(), serving);
-        local_addr
+        Arc::new(ArcSwap::from_pointee(ctx))
     }
 
     /// New settings for a listener on its socket: new connections get a
     /// new context; with other backends, the old ones' connections drain.
     fn update(&mut self, listener: Listener, same_backends: bool) {
-        let Some(previous) = self.listeners.get(&listener.name).map(|s| s.current.load_full()) else {
+        let Some(previous) = self.listeners.get(&listener.name).map(|s| s.current.load()) else {
             return;
         };
         let seed = same_backends.then_some(&previous.upstream);
         let upstream = self.upstream(&listener, &previous.span, seed);
         let metrics = self.services.metrics.listener(&listener.name);
         let serving = &self.listeners[&listener.name];
-        let resized = resize(
-            &serving.limit,
-            max_connections(&previous.config),
-            max_connections(&listener),
-        );
-        if let Some(owed) = resized {
+        if let Some(owed) = serving.current.advance(listener, upstream, metrics) {
             let owed = self.services.shutdown.clone().run_until_cancelled_owned(owed);
             self.services.tracker.spawn(owed);
         }
-        serving
-            .current
-            .store(Arc::new(previous.next(listener, upstream, metrics)));
         if !same_backends {
             previous.upstream.retire();
         }
@@ -524,7 +580,7 @@ impl Running {
     /// Shows the current listeners and queries on the status page, and
     /// tells every upstream which sockets are sluice's own.
     fn publish(&self) {
-        let contexts = || self.listeners.values().map(|l| l.current.load_full());
+        let contexts = || self.listeners.values().map(|l| l.current.load());
         if let Some(admin) = &self.services.admin {
             let mut listeners: Vec<Arc<Context>> = contexts().collect();
             listeners.sort_by(|a, b| a.config.name.cmp(&b.config.name));
@@ -562,14 +618,6 @@ impl Running {
             tracker.wait().await;
         }
         info!("stopped");
-    }
-}
-
-/// A listener's connection limit (UDP has none).
-fn max_connections(listener: &Listener) -> usize {
-    match listener.mode {
-        Mode::Tcp(tcp) => tcp.max_connections,
-        Mode::Udp(_) => 0,
     }
 }
 
