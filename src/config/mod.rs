@@ -5,8 +5,11 @@
 //!   [`Config::compose`]: a configuration is made from [`Sources`] (the main
 //!   file, the command line, the listeners added through the API), and made
 //!   again with one of them replaced on SIGHUP or an API request;
+//! - `sources`: all the I/O, done first: the files read, the API's listeners
+//!   written back, and what values point at (token file, DNS server names);
 //! - `raw`: the file as serde reads it, every value with its span;
-//! - `validate`: raw → model, bounds, defaults, problems with file and line;
+//! - `validate`: raw → model, pure: bounds, defaults, problems with file and
+//!   line; by concern in `globals`, `listener`, `source` and `health`;
 //! - `shorthand`: `PORT:SERVICE` arguments, turned into raw listener tables;
 //! - `names`: DNS names and addresses, by what they are for;
 //! - `error`: [`Problem`], [`ConfigError`] and how values are quoted back.
@@ -19,9 +22,9 @@ mod error;
 mod names;
 mod raw;
 mod shorthand;
+mod sources;
 mod validate;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::net::Protocol;
 
 pub use error::{ConfigError, Problem, ProblemKind};
+use sources::Fetched;
+pub use sources::{Sources, Text, save_runtime_file};
 pub use validate::MAX_CHECK_BYTES;
 use validate::{Place, Validator};
 
@@ -61,35 +66,6 @@ pub struct Config {
     pub runtime_file: Option<PathBuf>,
     /// What this configuration was made from.
     pub sources: Sources,
-}
-
-/// A configuration text and what to call it in errors (usually its path).
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct Text {
-    pub origin: String,
-    pub text: String,
-}
-
-/// Without the text, which may hold secrets (`consul_token`).
-impl fmt::Debug for Text {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Text({:?}, {} bytes)", self.origin, self.text.len())
-    }
-}
-
-/// What a configuration is made from, kept so that it can be made again with
-/// one part replaced: SIGHUP reads the main file anew, an API request
-/// changes the API's listeners, and the rest stays as it was.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Sources {
-    /// The main file's text (empty with the command line alone).
-    pub main: Text,
-    /// The main file, read again on SIGHUP.
-    pub path: Option<PathBuf>,
-    pub overrides: Overrides,
-    /// The API's listeners: a TOML document of `[listeners.NAME]` tables
-    /// only (at start, the runtime file's text).
-    pub api: Text,
 }
 
 /// Where a listener was defined. Only the API's can be changed through it.
@@ -363,35 +339,7 @@ impl Config {
     /// Reads and validates `path` (if any), the command-line overrides and,
     /// if the file names one, the runtime file of the API's listeners.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let main = match path {
-            Some(path) => {
-                let origin = path.display().to_string();
-                let text = read_capped(path).map_err(|e| ConfigError::one(&origin, e))?;
-                Text { origin, text }
-            }
-            None => Text {
-                origin: "<command line>".into(),
-                text: String::new(),
-            },
-        };
-        let api = match runtime_file(&main.text, path) {
-            Some(runtime) => {
-                let origin = runtime.display().to_string();
-                let text = match std::fs::metadata(&runtime) {
-                    // None yet: the API has added nothing.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                    _ => read_capped(&runtime).map_err(|e| ConfigError::one(&origin, e))?,
-                };
-                Text { origin, text }
-            }
-            None => Text::default(),
-        };
-        Self::compose(Sources {
-            main,
-            path: path.map(Path::to_path_buf),
-            overrides: overrides.clone(),
-            api,
-        })
+        Self::compose(Sources::read(path, overrides)?)
     }
 
     /// Parses TOML `text`; `origin` names it in errors (usually the file path).
@@ -411,79 +359,11 @@ impl Config {
     pub fn compose(sources: Sources) -> Result<Config, ConfigError> {
         let raw = toml_document(&sources.main)?;
         let raw_api = toml_document(&sources.api)?;
-        let config = Validator::new(Place::file(&sources.main)).validate(raw, raw_api, &sources)?;
+        let fetched = Fetched::fetch(&raw, &sources);
+        let config = Validator::new(Place::file(&sources.main), &fetched).validate(raw, raw_api, &sources)?;
         Ok(Config { sources, ..config })
     }
 }
-
-impl Sources {
-    /// These sources with the main file read anew (SIGHUP).
-    pub fn reread(&self) -> Result<Sources, ConfigError> {
-        let Some(path) = &self.path else {
-            return Ok(self.clone());
-        };
-        let origin = path.display().to_string();
-        let text = read_capped(path).map_err(|e| ConfigError::one(&origin, e))?;
-        Ok(Sources {
-            main: Text { origin, text },
-            ..self.clone()
-        })
-    }
-
-    /// `error`'s problems as an API client reads them: those in the API's
-    /// listeners name their key (`listeners.web.bind: …`), not a line of a
-    /// file the client never wrote.
-    pub fn api_problems(&self, error: &ConfigError) -> Vec<String> {
-        let in_api = |location: &str| {
-            let line = location
-                .strip_prefix(self.api.origin.as_str())?
-                .strip_prefix(':')?;
-            key_at_line(&self.api.text, line.parse().ok()?)
-        };
-        error
-            .problems
-            .iter()
-            .map(|p| match in_api(&p.location) {
-                Some(_) if p.message.starts_with("listeners.") => p.message.clone(),
-                Some(key) => format!("{key}: {}", p.message),
-                None => p.to_string(),
-            })
-            .collect()
-    }
-
-    /// The API's listeners, as `[listeners.NAME]` tables by name.
-    pub fn api_listeners(&self) -> BTreeMap<String, toml::Table> {
-        tables(&self.api.text)
-    }
-
-    /// These sources with the API's listeners replaced by `listeners`.
-    pub fn with_api_listeners(&self, listeners: &BTreeMap<String, toml::Table>) -> Sources {
-        let mut document = toml::Table::new();
-        let tables = listeners
-            .iter()
-            .map(|(name, t)| (name.clone(), toml::Value::Table(t.clone())));
-        document.insert("listeners".into(), toml::Value::Table(tables.collect()));
-        let text = match listeners.is_empty() {
-            true => String::new(),
-            // Tables only: they always serialize.
-            false => format!(
-                "{RUNTIME_FILE_HEADER}{}",
-                toml::to_string(&document).unwrap_or_default()
-            ),
-        };
-        Sources {
-            api: Text {
-                origin: self.api.origin.clone(),
-                text,
-            },
-            ..self.clone()
-        }
-    }
-}
-
-/// The first lines of a runtime file.
-const RUNTIME_FILE_HEADER: &str = "# Listeners added through sluice's API (PUT /v1/listeners/NAME), written by\n\
-     # sluice after every change and read at start. Change them through the API.\n\n";
 
 /// `text` as serde reads it, or the parser's error with where it is.
 fn toml_document<T: serde::de::DeserializeOwned>(text: &Text) -> Result<T, ConfigError> {
@@ -494,81 +374,6 @@ fn toml_document<T: serde::de::DeserializeOwned>(text: &Text) -> Result<T, Confi
         };
         ConfigError::one(location, error::shortened(e.message().trim_end()))
     })
-}
-
-/// The dotted key (or table) that line `line` of a serialized document sets.
-fn key_at_line(text: &str, line: usize) -> Option<String> {
-    let lines: Vec<&str> = text.lines().take(line).collect();
-    let this = lines.get(line.checked_sub(1)?)?.trim();
-    let header = |l: &&str| l.trim().strip_prefix('[')?.strip_suffix(']').map(str::to_string);
-    let table = lines.iter().rev().find_map(header)?;
-    match this.starts_with('[') {
-        true => Some(table),
-        false => Some(format!("{table}.{}", this.split_once('=')?.0.trim())),
-    }
-}
-
-/// Writes the API's listeners to `path` so that no reader ever sees half a
-/// file: a temporary file beside it, synced, then renamed over it.
-pub fn save_runtime_file(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let written = std::fs::File::create(&temporary).and_then(|mut file| {
-        file.write_all(text.as_bytes())?;
-        file.sync_all()
-    });
-    if let Err(e) = written.and_then(|()| std::fs::rename(&temporary, path)) {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(e);
-    }
-    // The rename itself, durable too.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-    }
-    Ok(())
-}
-
-/// The `[listeners.NAME]` tables of a valid document, by name.
-pub(super) fn tables(text: &str) -> BTreeMap<String, toml::Table> {
-    let document: toml::Table = toml::from_str(text).unwrap_or_default();
-    let Some(toml::Value::Table(listeners)) = document.get("listeners") else {
-        return BTreeMap::new();
-    };
-    listeners
-        .iter()
-        .filter_map(|(name, table)| Some((name.clone(), table.as_table()?.clone())))
-        .collect()
-}
-
-/// The `runtime_file` the main file names, relative to the main file's
-/// directory; what is wrong with it is for the validation to say.
-fn runtime_file(text: &str, path: Option<&Path>) -> Option<PathBuf> {
-    let document: toml::Table = toml::from_str(text).ok()?;
-    let runtime = document.get("runtime_file")?.as_str()?;
-    Some(relative_to(path, runtime))
-}
-
-/// `file` as named in the configuration at `config`: relative names are
-/// taken from the configuration file's directory.
-pub(crate) fn relative_to(config: Option<&Path>, file: &str) -> PathBuf {
-    let dir = config.and_then(Path::parent).unwrap_or(Path::new(""));
-    dir.join(file)
-}
-
-/// The file's text, refusing files over [`MAX_CONFIG_BYTES`] without reading them whole.
-fn read_capped(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(format!(
-            "larger than {MAX_CONFIG_BYTES} bytes, not a configuration file"
-        ));
-    }
-    Ok(text)
 }
 
 #[cfg(test)]

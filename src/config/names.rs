@@ -11,12 +11,12 @@ const CONSUL_PORT: u16 = 8500;
 use super::error::quoted;
 
 /// DNS servers, comma-separated: each `ip:port`, `[v6]:port`, a bare IP, or
-/// `host[:port]`, the port 53 if left out. A host name is looked up now
-/// (the system resolver, /etc/hosts first) and gives every address it has.
-pub(super) fn parse_dns_servers(text: &str) -> Result<Vec<SocketAddr>, String> {
+/// `host[:port]`, the port 53 if left out. A host name is looked up by
+/// `resolve` and gives every address it has.
+pub(super) fn parse_dns_servers(text: &str, resolve: Resolve<'_>) -> Result<Vec<SocketAddr>, String> {
     let mut servers = Vec::new();
     for one in text.split(',').map(str::trim) {
-        for addr in parse_dns_server(one)? {
+        for addr in parse_dns_server(one, resolve)? {
             if !servers.contains(&addr) {
                 servers.push(addr);
             }
@@ -25,7 +25,18 @@ pub(super) fn parse_dns_servers(text: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(servers)
 }
 
-fn parse_dns_server(text: &str) -> Result<Vec<SocketAddr>, String> {
+/// Looks up a DNS server's host name: its addresses, or why none.
+pub(super) type Resolve<'a> = &'a mut dyn FnMut(&str, u16) -> Result<Vec<SocketAddr>, String>;
+
+/// The system resolver's answer for DNS server `host` (/etc/hosts first).
+pub(super) fn system_resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .map_err(|e| format!("cannot resolve DNS server {}: {e}", quoted(host)))
+}
+
+fn parse_dns_server(text: &str, resolve: Resolve<'_>) -> Result<Vec<SocketAddr>, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return peer(addr).map(|a| vec![a]);
     }
@@ -47,10 +58,8 @@ fn parse_dns_server(text: &str) -> Result<Vec<SocketAddr>, String> {
     };
     check_dns_name(host.trim_end_matches('.'))
         .map_err(|e| format!("invalid DNS server {}: {e}", quoted(text)))?;
-    let resolved = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve DNS server {}: {e}", quoted(host)))?;
-    let usable: Vec<SocketAddr> = resolved
+    let usable: Vec<SocketAddr> = resolve(host, port)?
+        .into_iter()
         .filter(|a| crate::net::unusable_peer(*a).is_none())
         .collect();
     if usable.is_empty() {

@@ -117,8 +117,8 @@ impl Running {
     }
 }
 
-/// Validation off the runtime's threads: it may read files and resolve
-/// DNS server names.
+/// Making a configuration off the runtime's threads: before validating, it
+/// reads files and resolves DNS server names.
 async fn compose(
     make: impl FnOnce() -> Result<Config, ConfigError> + Send + 'static,
 ) -> Result<Config, ConfigError> {
