@@ -1,5 +1,5 @@
 //! A stand-in Consul agent for the benchmark, serving the HTTP API of
-//! integration/consul_standin.rs:
+//! test-support/src/consul_standin.rs:
 //!
 //!   consul-standin [PORT]
 //!
@@ -7,9 +7,6 @@
 //! `listening 127.0.0.1:<port>` once it accepts connections, and runs until
 //! killed. The benchmark registers instances and puts them in maintenance over
 //! HTTP (`/v1/agent/service/register`, `…/maintenance/:id?enable=`).
-
-#[path = "../integration/consul_standin.rs"]
-mod consul_standin;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -26,8 +23,11 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let standin =
-        consul_standin::ConsulStandin::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await;
+    let standin = sluice_test_support::consul_standin::ConsulStandin::start_on(SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        port,
+    )))
+    .await;
     let mut stdout = std::io::stdout();
     if writeln!(stdout, "listening {}", standin.addr)
         .and_then(|()| stdout.flush())

@@ -297,7 +297,7 @@ start_dns() {
   dns add udpecho udpecho1 127.0.0.1 "$ECHO_PORT"
 }
 
-# The stand-in for Consul's HTTP API (integration/consul_standin.rs), with
+# The stand-in for Consul's HTTP API (test-support/src/consul_standin.rs), with
 # the redis backend registered, for the sluice listener that watches it.
 start_consul() {
   spawn "$LOAD_CPU" "$T/consul.log" "$CONSUL_STANDIN" "$CONSUL_PORT"

@@ -6,8 +6,8 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::consul_standin::{ConsulStandin, Instance};
 use crate::support::*;
+use sluice_test_support::consul_standin::{ConsulStandin, Instance};
 
 /// The watch holds each query for about 5 minutes: a change seen within
 /// this came from Consul's answer, not from a poll.

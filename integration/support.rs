@@ -3,9 +3,7 @@
 //! (`cluster-dns.sh`), redis, the sluice binary with its log lines as
 //! readiness signals, and HTTP through the shared test client.
 
-#[allow(dead_code)] // shared with the in-process tests, which use all of it
-#[path = "../tests/common/http.rs"]
-pub mod http;
+pub use sluice_test_support::http;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -339,12 +337,7 @@ pub fn http(
     headers: &[&str],
     body: &str,
 ) -> std::io::Result<http::Answer> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(STARTUP))?;
-    stream.write_all(http::request(method, path, headers, body).as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(http::answer(&response))
+    http::exchange(addr, &http::request(method, path, headers, body), STARTUP)
 }
 
 /// A redis-benchmark run; panics with its output unless every request succeeded.

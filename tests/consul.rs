@@ -1,18 +1,16 @@
 //! Discovery through Consul's HTTP API (`discovery = "consul"`) in-process,
-//! against the stand-in of integration/consul_standin.rs: registrations and
+//! against the stand-in of test-support/src/consul_standin.rs: registrations and
 //! failing checks seen as they happen, Consul's weights and addresses, ACL
 //! tokens, a misbehaving or vanished agent, and empty answers.
 
 mod common;
-#[path = "../integration/consul_standin.rs"]
-mod consul_standin;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{EchoBackend, Sluice, backend_port, echo_backends, http_get};
-use consul_standin::{ConsulStandin, Instance};
+use sluice_test_support::consul_standin::{ConsulStandin, Instance};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout};

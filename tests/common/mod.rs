@@ -3,7 +3,7 @@
 //! runs sluice in-process on port 0.
 #![allow(dead_code)] // each test binary uses a different part
 
-pub mod http;
+pub use sluice_test_support::http;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -381,12 +381,8 @@ pub async fn raw_connect(addr: SocketAddr) -> BufReader<TcpStream> {
 
 /// One HTTP/1.0 exchange with `addr`.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[&str], body: &str) -> http::Answer {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
     let request = http::request(method, path, headers, body);
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    http::answer(&response)
+    http::exchange_async(addr, &request).await.unwrap()
 }
 
 /// GET `path` over HTTP/1.0; returns (status line, body).

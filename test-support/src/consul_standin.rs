@@ -14,7 +14,6 @@
 //!
 //! Tests also change the catalog directly, and can make the server misbehave
 //! (never block) or go away (`stop`).
-#![allow(dead_code)] // Included by tests, the integration suite and an example; each uses a different part.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;

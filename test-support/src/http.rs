@@ -1,6 +1,12 @@
 //! HTTP/1.0 exchanges for the tests: one way to write a request and to read
-//! the answer, used by the in-process tests (tokio, `tests/common`) and the
-//! end-to-end ones (std, `integration/`).
+//! the answer, blocking ([`exchange`], for the end-to-end suite) or async
+//! ([`exchange_async`], for the in-process tests).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A whole answer.
 #[derive(Debug, Clone)]
@@ -54,4 +60,23 @@ pub fn answer(raw: &str) -> Answer {
         head: head.to_string(),
         body: body.to_string(),
     }
+}
+
+/// One exchange with `addr`, waiting at most `patience` for each read.
+pub fn exchange(addr: &str, request: &str, patience: Duration) -> io::Result<Answer> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(patience))?;
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(answer(&response))
+}
+
+/// One exchange with `addr`, from a tokio runtime.
+pub async fn exchange_async(addr: SocketAddr, request: &str) -> io::Result<Answer> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(answer(&response))
 }
