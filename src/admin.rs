@@ -2,8 +2,8 @@
 //! `/` (an HTML status page in the spirit of HAProxy's stats page),
 //! `/healthz`, `/ready` (200 once every listener has its first discovery
 //! answer, 503 naming what it waits for), and the runtime API under `/v1/`
-//! ([`crate::api`]). Everything is read on request from what the server
-//! last published ([`crate::status::Live`]); nothing here is on a
+//! (`api`). Everything is read on request from what the server
+//! last published (`status::Live`); nothing here is on a
 //! forwarding path.
 
 use std::convert::Infallible;
@@ -39,10 +39,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// keep-alive connection is kept.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one connection may last, however busy.
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+pub(crate) const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// What the endpoint reads from.
-pub struct Admin {
+pub(crate) struct Admin {
     metrics: Arc<Metrics>,
     /// What the server last published.
     pub(crate) live: Live,
@@ -53,7 +53,7 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn new(metrics: Arc<Metrics>, control: Control, addr: SocketAddr) -> Admin {
+    pub(crate) fn new(metrics: Arc<Metrics>, control: Control, addr: SocketAddr) -> Admin {
         Admin {
             metrics,
             live: Live::new(),
@@ -63,7 +63,7 @@ impl Admin {
     }
 
     /// The Prometheus exposition: recorder series plus live per-backend ones.
-    pub fn render_metrics(&self) -> String {
+    pub(crate) fn render_metrics(&self) -> String {
         let status = self.live.status();
         let mut active = LiveFamily::new(
             metrics::LISTENER_ACTIVE_CONNECTIONS,
@@ -170,7 +170,7 @@ impl Admin {
 /// [`MAX_CONNECTIONS`] at once (more wait in the kernel's backlog), each
 /// request head within [`HEADER_TIMEOUT`] (also how long an idle keep-alive
 /// connection stays), and each connection at most [`CONNECTION_LIFETIME`].
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     admin: Arc<Admin>,
     shutdown: CancellationToken,

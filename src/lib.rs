@@ -8,26 +8,35 @@
 //! - [`config`]: the TOML file and CLI shorthands, validated into a
 //!   [`Config`]; listener settings typed by protocol.
 //! - [`discovery`]: one task per distinct SRV query (or static list), each
-//!   publishing immutable [`discovery::BackendSet`] snapshots on a watch channel.
-//! - [`balancer`]: the one owner of backend state. A listener's
-//!   [`balancer::Upstream`] follows its snapshots into pools and hands out a
-//!   [`balancer::Lease`] per connection or flow, through which TCP and UDP
+//!   publishing immutable `BackendSet` snapshots on a watch channel.
+//! - `balancer`: the one owner of backend state. A listener's
+//!   `Upstream` follows its snapshots into pools and hands out a
+//!   `Lease` per connection or flow, through which TCP and UDP
 //!   alike record connects, failures (ejection) and ends; the choice itself
 //!   is round-robin, least-conn, random, p2c or maglev.
-//! - [`health`]: active checks (TCP connect/send/expect, UDP send/expect)
+//! - `health`: active checks (TCP connect/send/expect, UDP send/expect)
 //!   and the passive ejection state the balancer keeps per backend.
-//! - [`proxy`]: what a listener's connections share (its `Context`), the TCP
-//!   and UDP loops, and byte forwarding (splice or copy) with half-close.
-//! - [`metrics`]: metric names and the per-server Prometheus recorder.
+//! - `proxy`: what a listener's connections share (its `Context`, typed by
+//!   protocol), the TCP and UDP loops, the one idle/drain timer they keep,
+//!   and byte forwarding (splice or copy) with half-close.
+//! - `proxy_protocol`: the PROXY header format, read by the TCP proxy and
+//!   written by it and by health checks.
+//! - `metrics`: metric names and the per-server Prometheus recorder.
 //! - [`admin`]: the HTTP endpoint for /metrics, /status, /, /healthz and /ready;
-//!   [`api`]: the runtime API under /v1/ on the same endpoint.
-//! - [`alarm`]: how recurring conditions are logged (once, then once a minute).
-//! - [`notify`]: systemd's service notifications (ready, reloading, stopping).
+//!   `api`: the runtime API under /v1/ on the same endpoint; both read what
+//!   `status` holds: the listeners and queries the server last published.
+//! - `control`: [`Control`], the handle through which changes reach the
+//!   running server, and what it answers.
+//! - `alarm`: how recurring conditions are logged (once, then once a minute).
+//! - `notify`: systemd's service notifications (ready, reloading, stopping).
 //! - [`limits`]: the descriptor budget and the default caps derived from it.
-//! - [`net`]: address facts (what can be a peer, what binds where, which
+//! - `net`: address facts (what can be a peer, what binds where, which
 //!   backend would be sluice itself) and the `Protocol` of a listener.
 //! - `server`: binds and runs listeners, owns shutdown, and reloads: a pure
-//!   `plan` (stop, rebind, update, start per listener), then one apply.
+//!   `plan` (stop, rebind, update, start per listener), prepared (whatever
+//!   can fail: sockets, DNS client), then one `apply`, the only place the
+//!   running configuration and its listeners change. Every task it starts
+//!   runs in one tracker that shutdown waits for.
 //!   Every change comes through [`Control`], one at a time: SIGHUP (the
 //!   file read anew), an API request (one listener set or deleted), or a
 //!   whole [`Config`]; each is composed from the config's `Sources` with one
@@ -45,20 +54,20 @@
 //! then drains for `shutdown_grace`; [`Control::reload`] applies a new config.
 
 pub mod admin;
-pub mod alarm;
-pub mod api;
-pub mod balancer;
+pub(crate) mod alarm;
+pub(crate) mod api;
+pub(crate) mod balancer;
 pub mod config;
 mod control;
 pub mod discovery;
-pub mod health;
+pub(crate) mod health;
 pub mod limits;
-pub mod metrics;
-pub mod net;
-pub mod notify;
-pub mod proxy;
-pub mod proxy_protocol;
-pub mod status;
+pub(crate) mod metrics;
+pub(crate) mod net;
+pub(crate) mod notify;
+pub(crate) mod proxy;
+pub(crate) mod proxy_protocol;
+pub(crate) mod status;
 
 mod server;
 

@@ -212,7 +212,7 @@ fn empty_reply(name: &Name, kind: RecordType, code: ResponseCode) -> Message {
 
 /// Asks a list of DNS servers, in order of preference. Cheap to clone.
 #[derive(Clone)]
-pub struct DnsClient {
+pub(crate) struct DnsClient {
     servers: Arc<[Server]>,
     /// The server a query asks first: the last that answered.
     preferred: Arc<AtomicUsize>,
@@ -228,7 +228,7 @@ impl fmt::Debug for DnsClient {
 
 impl DnsClient {
     /// A client for `settings`: its servers, else /etc/resolv.conf's.
-    pub fn new(settings: &DnsSettings) -> io::Result<DnsClient> {
+    pub(crate) fn new(settings: &DnsSettings) -> io::Result<DnsClient> {
         let addrs = match settings.servers.as_slice() {
             [] => system_servers()?,
             servers => servers.to_vec(),
@@ -246,18 +246,18 @@ impl DnsClient {
     }
 
     /// How long one try waits for one server.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
-    pub fn servers(&self) -> Vec<SocketAddr> {
+    pub(crate) fn servers(&self) -> Vec<SocketAddr> {
         self.servers.iter().map(|s| s.addr).collect()
     }
 
     /// One query, over TCP only if `tcp`, given up at `deadline`: the first
     /// server's answer that is an answer (records, NXDOMAIN, or none),
     /// trying the next server on anything else. The error is the last try's.
-    pub async fn query(
+    pub(crate) async fn query(
         &self,
         name: &Name,
         kind: RecordType,

@@ -186,7 +186,7 @@ impl Connection {
 
 /// Watches `query` until `shutdown`, publishing each change through
 /// `publisher` as it happens.
-pub async fn watch(
+pub(crate) async fn watch(
     settings: ConsulSettings,
     query: ConsulQuery,
     mut publisher: Publisher,

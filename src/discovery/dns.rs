@@ -1,6 +1,6 @@
-//! DNS SRV discovery: an SRV answer → [`BackendSet`], and the refresh task
+//! DNS SRV discovery: an SRV answer → `BackendSet`, and the refresh task
 //! that keeps the last good set. The queries themselves go through
-//! [`DnsClient`] (hickory-resolver); what is sluice's own is here:
+//! `DnsClient` (hickory-resolver); what is sluice's own is here:
 //!
 //! - an answer's backends are address:port pairs, keyed by both (Consul puts
 //!   one IP on several ports), with SRV priority and weight;
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use super::client::{DnsClient, LookupError};
+pub(crate) use super::client::{DnsClient, LookupError};
 use super::{Backend, BackendSet, Publisher};
 use crate::config::SrvQuery;
 
@@ -32,7 +32,7 @@ const TARGET_LOOKUPS_AT_ONCE: usize = 16;
 
 /// What a successful SRV lookup found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     Backends(BackendSet),
     /// NXDOMAIN, or no SRV records: real, but applied only after a grace period.
     Empty,
@@ -128,7 +128,7 @@ fn name_key(name: &Name) -> u64 {
 }
 
 /// Decodes Consul's `<hex-ip>.addr.<dc>.<domain>.` targets (8 or 32 hex digits).
-pub fn consul_addr_target(target: &Name) -> Option<IpAddr> {
+pub(crate) fn consul_addr_target(target: &Name) -> Option<IpAddr> {
     let mut labels = target.iter();
     let hex = labels.next()?;
     if !labels.next()?.eq_ignore_ascii_case(b"addr") {
@@ -218,7 +218,7 @@ async fn resolve_targets(
 /// left) keeps the addresses it had, as the whole set does when the SRV
 /// lookup itself fails.
 #[derive(Debug, Default)]
-pub struct KnownTargets(HashMap<Name, (Vec<IpAddr>, Instant)>);
+pub(crate) struct KnownTargets(HashMap<Name, (Vec<IpAddr>, Instant)>);
 
 impl KnownTargets {
     /// The order to look `names` up in: never resolved first, then the
@@ -231,7 +231,7 @@ impl KnownTargets {
 
 /// What a lookup left out of the set, and why (logged when it changes).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct LeftOut {
+pub(crate) struct LeftOut {
     /// SRV targets with no address to use.
     pub targets: BTreeMap<Name, String>,
     /// Addresses that cannot be a backend (0.0.0.0, broadcast, multicast).
@@ -243,7 +243,7 @@ pub struct LeftOut {
 /// lookup fails the whole lookup (the last good set stays); a target that
 /// cannot be resolved is left out, or keeps its last known addresses if it
 /// had any, and the rest is used.
-pub async fn lookup(
+pub(crate) async fn lookup(
     client: &DnsClient,
     query: &SrvQuery,
     known: &mut KnownTargets,
@@ -351,7 +351,7 @@ fn report_left_out(srv: &str, before: &LeftOut, now: &LeftOut) {
 /// Refreshes `query` every `refresh` until `shutdown`, publishing each
 /// answer through `publisher` (which keeps the last good set, and applies
 /// empty answers only once they have lasted `empty_grace`).
-pub async fn watch(
+pub(crate) async fn watch(
     client: DnsClient,
     query: SrvQuery,
     mut publisher: Publisher,

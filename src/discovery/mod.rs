@@ -1,10 +1,10 @@
-//! Discovery: where backends come from. Owns the [`BackendSet`] snapshot type
+//! Discovery: where backends come from. Owns the `BackendSet` snapshot type
 //! and starts one task per distinct source, shared by every listener that uses
 //! it. Each task publishes immutable snapshots on a `watch` channel; listeners
 //! read the latest one and never wait on DNS.
 
 mod client;
-pub mod consul;
+pub(crate) mod consul;
 pub mod dns;
 
 use std::collections::HashMap;
@@ -27,7 +27,7 @@ use dns::DnsClient;
 
 /// One address:port to forward to, as the SRV record gave it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Backend {
+pub(crate) struct Backend {
     pub addr: SocketAddr,
     /// SRV priority: lower is preferred; higher groups are failover.
     pub priority: u16,
@@ -36,7 +36,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
         Backend {
             addr,
             priority: 0,
@@ -47,29 +47,29 @@ impl Backend {
 
 /// An immutable set of backends, sorted by (priority, addr), one entry per addr.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BackendSet {
+pub(crate) struct BackendSet {
     backends: Vec<Backend>,
 }
 
 impl BackendSet {
     /// Sorts and de-duplicates: an addr listed twice keeps its best priority.
-    pub fn new(mut backends: Vec<Backend>) -> Self {
+    pub(crate) fn new(mut backends: Vec<Backend>) -> Self {
         backends.sort_by_key(|b| (b.addr, b.priority));
         backends.dedup_by_key(|b| b.addr);
         backends.sort_by_key(|b| (b.priority, b.addr));
         BackendSet { backends }
     }
 
-    pub fn backends(&self) -> &[Backend] {
+    pub(crate) fn backends(&self) -> &[Backend] {
         &self.backends
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.backends.is_empty()
     }
 
     /// The backends that pass `keep`, and the addresses of those that do not.
-    pub fn partition(&self, keep: impl Fn(&Backend) -> bool) -> (BackendSet, Vec<SocketAddr>) {
+    pub(crate) fn partition(&self, keep: impl Fn(&Backend) -> bool) -> (BackendSet, Vec<SocketAddr>) {
         let (kept, left): (Vec<Backend>, Vec<Backend>) = self.backends.iter().partition(|b| keep(b));
         (
             BackendSet { backends: kept },
@@ -78,7 +78,7 @@ impl BackendSet {
     }
 
     /// What changed from `self` to `next`, keyed by addr.
-    pub fn diff(&self, next: &BackendSet) -> Diff {
+    pub(crate) fn diff(&self, next: &BackendSet) -> Diff {
         // The usual refresh: nothing changed (both are sorted alike).
         if self == next {
             return Diff::default();
@@ -105,21 +105,21 @@ impl BackendSet {
 
 /// Backends added, removed, or with a new priority/weight between two sets.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Diff {
+pub(crate) struct Diff {
     pub added: Vec<SocketAddr>,
     pub removed: Vec<SocketAddr>,
     pub changed: Vec<SocketAddr>,
 }
 
 impl Diff {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
     }
 }
 
 impl Diff {
     /// `a,b,c` for logs.
-    pub fn list(addrs: &[SocketAddr]) -> String {
+    pub(crate) fn list(addrs: &[SocketAddr]) -> String {
         addrs
             .iter()
             .map(ToString::to_string)
@@ -129,18 +129,18 @@ impl Diff {
 }
 
 /// The latest backends of a source; `None` until the first answer.
-pub type Snapshot = Option<Arc<BackendSet>>;
+pub(crate) type Snapshot = Option<Arc<BackendSet>>;
 
 /// What the status page shows of one SRV query, updated by its task.
 #[derive(Debug)]
-pub struct QueryState {
+pub(crate) struct QueryState {
     pub name: String,
     health: Mutex<QueryHealth>,
     metrics: QueryMetrics,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct QueryHealth {
+pub(crate) struct QueryHealth {
     pub last_success: Option<SystemTime>,
     pub last_error: Option<String>,
     /// A Consul watch's last `X-Consul-Index`.
@@ -156,7 +156,7 @@ impl QueryState {
         }
     }
 
-    pub fn health(&self) -> QueryHealth {
+    pub(crate) fn health(&self) -> QueryHealth {
         self.health.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
@@ -191,7 +191,7 @@ impl QueryState {
 /// policy both DNS and Consul share. A failure keeps the last good set (and
 /// is logged once); an empty answer replaces a non-empty set only once it
 /// has lasted `empty_grace`; a change is published, and logged as a diff.
-pub struct Publisher {
+pub(crate) struct Publisher {
     tx: watch::Sender<Snapshot>,
     state: Arc<QueryState>,
     empty_grace: Duration,
@@ -200,7 +200,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(tx: watch::Sender<Snapshot>, state: Arc<QueryState>, empty_grace: Duration) -> Publisher {
+    pub(crate) fn new(
+        tx: watch::Sender<Snapshot>,
+        state: Arc<QueryState>,
+        empty_grace: Duration,
+    ) -> Publisher {
         Publisher {
             tx,
             state,
@@ -211,14 +215,14 @@ impl Publisher {
     }
 
     /// The source's answer, with backends.
-    pub fn found(&mut self, set: BackendSet) {
+    pub(crate) fn found(&mut self, set: BackendSet) {
         self.succeeded(true);
         self.empty_since = None;
         self.publish(set);
     }
 
     /// The source says there is no backend (NXDOMAIN, an empty list).
-    pub fn empty(&mut self) {
+    pub(crate) fn empty(&mut self) {
         self.succeeded(false);
         let since = *self.empty_since.get_or_insert_with(Instant::now);
         let waited = since.elapsed();
@@ -236,7 +240,7 @@ impl Publisher {
 
     /// When the empty answer being held through its grace takes effect
     /// (by another call to [`Publisher::empty`]), if one is held.
-    pub fn grace_ends(&self) -> Option<Instant> {
+    pub(crate) fn grace_ends(&self) -> Option<Instant> {
         let since = self.empty_since?;
         self.has_backends().then(|| since + self.empty_grace)
     }
@@ -246,7 +250,7 @@ impl Publisher {
     }
 
     /// No usable answer: the last good set stays.
-    pub fn failed(&mut self, error: &dyn fmt::Display) {
+    pub(crate) fn failed(&mut self, error: &dyn fmt::Display) {
         self.state.record(Err(error.to_string()));
         if let Some(repeated) = self.failing.raise() {
             let query = self.state.name.as_str();
@@ -283,7 +287,7 @@ impl Publisher {
 /// The running discovery tasks, one per distinct source, shared by every
 /// listener that uses it. Reload subscribes the new listeners and retires
 /// sources no listener uses any more.
-pub struct Registry {
+pub(crate) struct Registry {
     dns: Option<DnsClient>,
     consul: ConsulSettings,
     metrics: Arc<Metrics>,
@@ -301,7 +305,7 @@ struct Source {
 }
 
 impl Registry {
-    pub fn new(
+    pub(crate) fn new(
         dns: Option<DnsClient>,
         consul: ConsulSettings,
         metrics: Arc<Metrics>,
@@ -322,12 +326,12 @@ impl Registry {
     }
 
     /// Whether DNS sources have a client to ask.
-    pub fn has_dns(&self) -> bool {
+    pub(crate) fn has_dns(&self) -> bool {
         self.dns.is_some()
     }
 
     /// Switches to another DNS server: every DNS source starts over.
-    pub fn set_dns(&mut self, dns: Option<DnsClient>) {
+    pub(crate) fn set_dns(&mut self, dns: Option<DnsClient>) {
         self.restart(|source| matches!(source, BackendSource::Dns(_)));
         if let Some(dns) = &dns {
             info!(servers = ?dns.servers(), "discovering backends through DNS");
@@ -336,7 +340,7 @@ impl Registry {
     }
 
     /// Switches to another Consul address or token: every watch starts over.
-    pub fn set_consul(&mut self, consul: ConsulSettings) {
+    pub(crate) fn set_consul(&mut self, consul: ConsulSettings) {
         self.restart(|source| matches!(source, BackendSource::Consul(_)));
         self.consul = consul;
     }
@@ -353,7 +357,7 @@ impl Registry {
     }
 
     /// The snapshots of `source`, starting its task if none runs.
-    pub fn subscribe(&mut self, source: &BackendSource) -> watch::Receiver<Snapshot> {
+    pub(crate) fn subscribe(&mut self, source: &BackendSource) -> watch::Receiver<Snapshot> {
         if let Some(running) = self.sources.get(source) {
             return running.snapshots.clone();
         }
@@ -409,7 +413,7 @@ impl Registry {
     }
 
     /// Stops the sources that no listener in `listeners` uses.
-    pub fn retain(&mut self, listeners: &[Listener]) {
+    pub(crate) fn retain(&mut self, listeners: &[Listener]) {
         self.sources.retain(|source, running| {
             let used = listeners.iter().any(|l| &l.backends == source);
             if !used {
@@ -420,7 +424,7 @@ impl Registry {
     }
 
     /// The state of every DNS query, for the status page.
-    pub fn queries(&self) -> Vec<Arc<QueryState>> {
+    pub(crate) fn queries(&self) -> Vec<Arc<QueryState>> {
         let mut queries: Vec<_> = self.sources.values().filter_map(|s| s.query.clone()).collect();
         queries.sort_by(|a, b| a.name.cmp(&b.name));
         queries

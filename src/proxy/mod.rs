@@ -18,7 +18,6 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
-pub use forward::{End, Transfer};
 pub use sock::{Listening, register_listener};
 
 use crate::alarm::Alarm;
