@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::api::Api;
-use crate::config::Protocol;
+use crate::config::{Protocol, Refusal, RefusalReason};
 use crate::control::Control;
 use crate::metrics::{self, LiveFamily, Metrics};
 use crate::status::{Live, Status};
@@ -115,6 +115,9 @@ impl Admin {
             }
         }
         let mut families = vec![active, flows, backends, total, open, failures, ejections];
+        if let Some(catalog) = &status.catalog {
+            families.push(catalog_refused(&catalog.refused));
+        }
         families.extend(metrics::process_families());
         self.metrics.render(&families)
     }
@@ -217,6 +220,22 @@ pub(crate) async fn serve(
             drop(slot);
         });
     }
+}
+
+/// `sluice_catalog_refused{reason}`: the catalog's claims refused now, every
+/// reason shown (0 too), so that an alert can watch one series.
+fn catalog_refused(refused: &[Refusal]) -> LiveFamily {
+    let mut family = LiveFamily::new(
+        metrics::CATALOG_REFUSED,
+        "gauge",
+        "Claims of the Consul catalog's services not served now, by reason.",
+    );
+    for reason in RefusalReason::ALL {
+        let count = refused.iter().filter(|r| r.reason == reason).count();
+        let labels = vec![(metrics::LABEL_REASON, reason.label().to_string())];
+        family.series.push((labels, count as f64));
+    }
+    family
 }
 
 fn escape(text: &str) -> String {

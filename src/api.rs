@@ -237,7 +237,9 @@ fn describe(api: &Api<'_>, name: Option<&str>) -> Vec<Described> {
 async fn refusal(api: &Api<'_>, error: ApiError, protocol: Protocol) -> HttpResponse {
     let status = match &error {
         ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-        ApiError::DefinedInFile { .. } | ApiError::Invalid { conflict: true, .. } => StatusCode::CONFLICT,
+        ApiError::DefinedInFile { .. }
+        | ApiError::FromCatalog { .. }
+        | ApiError::Invalid { conflict: true, .. } => StatusCode::CONFLICT,
         ApiError::Invalid { problems, .. } => {
             return failure(StatusCode::BAD_REQUEST, "invalid listener", problems);
         }

@@ -106,6 +106,14 @@ pub enum ApiError {
     NotFound(String),
     #[error("listener '{name}' is defined in {file}: change it there and reload (SIGHUP)")]
     DefinedInFile { name: String, file: String },
+    #[error(
+        "listener '{name}' comes from the Consul catalog (service '{service}', tag '{tag}'): change the service's tags"
+    )]
+    FromCatalog {
+        name: String,
+        service: String,
+        tag: String,
+    },
     /// The problems, each naming its key; `conflict`: one is an address
     /// another listener has.
     #[error("{}", problems.join("; "))]

@@ -29,6 +29,7 @@ pub const UDP_FLOWS_ACTIVE: &str = "sluice_udp_flows_active";
 pub const PROXY_PROTOCOL_ERRORS_TOTAL: &str = "sluice_proxy_protocol_errors_total";
 pub const BUILD_INFO: &str = "sluice_build_info";
 pub const CONFIG_CHANGES_TOTAL: &str = "sluice_config_changes_total";
+pub const CATALOG_REFUSED: &str = "sluice_catalog_refused";
 
 pub const LABEL_LISTENER: &str = "listener";
 pub const LABEL_BACKEND: &str = "backend";
@@ -38,6 +39,7 @@ pub const LABEL_RESULT: &str = "result";
 pub const LABEL_STATE: &str = "state";
 pub const LABEL_VERSION: &str = "version";
 pub const LABEL_ORIGIN: &str = "origin";
+pub const LABEL_REASON: &str = "reason";
 
 /// Connection durations span milliseconds (a PING) to hours (a pooled client).
 const DURATION_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0];
@@ -115,7 +117,7 @@ impl Metrics {
             .gauge(BUILD_INFO, &[(LABEL_VERSION, env!("CARGO_PKG_VERSION"))])
             .set(1.0);
         // Shown at 0 from the start, so a rate() over them works at once.
-        for origin in [Origin::File, Origin::Api] {
+        for origin in [Origin::File, Origin::Api, Origin::Catalog] {
             for ok in [true, false] {
                 metrics.config_change_counter(origin, ok).increment(0);
             }
@@ -132,6 +134,7 @@ impl Metrics {
         let origin = match origin {
             Origin::File => "file",
             Origin::Api => "api",
+            Origin::Catalog => "catalog",
         };
         let result = if ok { "ok" } else { "error" };
         self.counter(

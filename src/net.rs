@@ -89,7 +89,7 @@ impl OwnSockets {
 }
 
 /// Whether `ip` is one of this host's addresses (all of 127.0.0.0/8 is).
-fn is_local(ip: IpAddr) -> bool {
+pub(crate) fn is_local(ip: IpAddr) -> bool {
     ip.is_loopback()
         || ip.is_unspecified()
         || if_addrs::get_if_addrs().is_ok_and(|interfaces| interfaces.iter().any(|i| i.ip() == ip))

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use hyper::StatusCode;
 use serde::Serialize;
 
-use crate::config::{Balance, Listener, Protocol, Secret};
+use crate::config::{Balance, Listener, Origin, Protocol, Refusal, Secret};
 use crate::discovery::QueryState;
 use crate::net::binds_overlap;
 use crate::proxy::Context;
@@ -28,6 +28,17 @@ struct View {
     listeners: Vec<Arc<Context>>,
     queries: Vec<Arc<QueryState>>,
     api_token: Option<Secret>,
+    catalog: Option<CatalogView>,
+}
+
+/// The catalog's state, with `[catalog]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatalogView {
+    /// The catalog has not answered yet.
+    #[serde(skip)]
+    pub pending: bool,
+    /// Claims not served, and why.
+    pub refused: Vec<Refusal>,
 }
 
 /// The body of `/ready`.
@@ -45,11 +56,15 @@ pub struct Status {
     pub uptime_seconds: f64,
     pub listeners: Vec<ListenerStatus>,
     pub queries: Vec<QueryStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogView>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct ListenerStatus {
     pub name: String,
+    /// Where it was defined: the file, the API or the catalog.
+    pub origin: Origin,
     pub bind: String,
     pub protocol: Protocol,
     /// The SRV name, or "static".
@@ -97,11 +112,13 @@ impl Live {
         listeners: Vec<Arc<Context>>,
         queries: Vec<Arc<QueryState>>,
         api_token: Option<Secret>,
+        catalog: Option<CatalogView>,
     ) {
         let view = View {
             listeners,
             queries,
             api_token,
+            catalog,
         };
         self.view.store(Arc::new(view));
     }
@@ -120,10 +137,11 @@ impl Live {
     /// had its first discovery answer; 503 with what is awaited until then.
     pub(crate) fn readiness(&self) -> (StatusCode, Readiness) {
         let view = self.view.load();
-        let waiting_for: Vec<String> = view
-            .listeners
-            .iter()
-            .filter_map(|ctx| ctx.waiting_for())
+        let catalog = view.catalog.as_ref().filter(|c| c.pending);
+        let waiting_for: Vec<String> = catalog
+            .map(|_| "the first answer of the Consul catalog".to_string())
+            .into_iter()
+            .chain(view.listeners.iter().filter_map(|ctx| ctx.waiting_for()))
             .collect();
         let ready = waiting_for.is_empty();
         let status = if ready {
@@ -179,6 +197,7 @@ impl Live {
                     .collect();
                 ListenerStatus {
                     name: config.name.clone(),
+                    origin: config.origin,
                     bind: ctx.local_addr.to_string(),
                     protocol: config.protocol(),
                     query: config.backends.name(),
@@ -207,6 +226,7 @@ impl Live {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             listeners,
             queries,
+            catalog: view.catalog.clone(),
         }
     }
 }

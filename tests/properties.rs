@@ -11,7 +11,7 @@ use hickory_proto::rr::rdata::{A, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use sluice::config::{Config, Overrides};
+use sluice::config::{Config, Origin, Overrides, Services, catalog_claims};
 use sluice::discovery::dns::parse_srv;
 
 const ORIGIN: &str = "fuzz.toml";
@@ -121,6 +121,31 @@ fn check_answer(bytes: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A service with `tags` in the catalog: the configuration still stands,
+/// and each of its claims is a catalog listener or a refusal with a reason.
+fn check_catalog(tags: Vec<String>) -> Result<(), TestCaseError> {
+    let base = "consul = \"127.0.0.1:8500\"\n[catalog]\nbind = \"127.0.0.1\"\n";
+    let config = Config::parse(base, ORIGIN, &Overrides::default()).unwrap();
+    let settings = config.catalog.clone().unwrap();
+    let services = Services::from([("svc".to_string(), tags.clone())]);
+    let claims = catalog_claims(&settings, &services, &[]);
+    let claimed: Vec<String> = claims.order.clone();
+    let composed = Config::compose(config.sources.with_catalog(claims));
+    let composed = composed.map_err(|e| TestCaseError::fail(format!("{tags:?}: {e}")))?;
+    for name in claimed {
+        let served = composed
+            .listeners
+            .iter()
+            .any(|l| l.name == name && l.origin == Origin::Catalog);
+        let refused = composed
+            .catalog_refused
+            .iter()
+            .any(|r| r.service == "svc" && !r.message.is_empty());
+        prop_assert!(served || refused, "{tags:?}: {name} neither served nor refused");
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -141,6 +166,13 @@ proptest! {
         bytes in prop::sample::select(fixture_texts()).prop_flat_map(mutated)
     ) {
         check_config(&bytes)?;
+    }
+
+    #[test]
+    fn any_catalog_tags_are_listeners_or_refusals_with_a_reason(
+        tags in prop::collection::vec("(sluice\\.(listen|balance|max_connections|udp_replies|backends|[a-z]{1,8})(=[ -~]{0,16})?|[ -~]{0,12})", 0..6)
+    ) {
+        check_catalog(tags)?;
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! the other protocol takes is an error naming the key, line and protocol.
 //! Nothing outside this module ever sees a raw value.
 
+mod catalog;
 mod error;
 mod names;
 mod raw;
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::net::Protocol;
 
+pub use catalog::{CatalogSettings, Refusal, RefusalReason, Services, claims as catalog_claims};
 pub use error::{ConfigError, Problem, ProblemKind};
 use sources::Fetched;
 pub use sources::{Sources, Text, save_runtime_file};
@@ -66,6 +68,10 @@ pub struct Config {
     pub runtime_file: Option<PathBuf>,
     /// What this configuration was made from.
     pub sources: Sources,
+    /// Listeners from the Consul catalog, if on.
+    pub catalog: Option<CatalogSettings>,
+    /// The catalog's claims that are not served, and why.
+    pub catalog_refused: Vec<Refusal>,
 }
 
 /// Where a listener was defined. Only the API's can be changed through it.
@@ -75,6 +81,8 @@ pub enum Origin {
     /// The configuration file or the command line.
     File,
     Api,
+    /// The Consul catalog's tags (`[catalog]`).
+    Catalog,
 }
 
 /// The DNS servers SRV lookups ask, and how patiently.
@@ -352,6 +360,7 @@ impl Config {
             path: None,
             overrides: overrides.clone(),
             api: Text::default(),
+            catalog: Default::default(),
         })
     }
 
@@ -359,8 +368,11 @@ impl Config {
     pub fn compose(sources: Sources) -> Result<Config, ConfigError> {
         let raw = toml_document(&sources.main)?;
         let raw_api = toml_document(&sources.api)?;
+        // Made by sluice from the catalog's tags; what does not parse is a bug.
+        let raw_catalog = toml_document(&sources.catalog.text)?;
         let fetched = Fetched::fetch(&raw, &sources);
-        let config = Validator::new(Place::file(&sources.main), &fetched).validate(raw, raw_api, &sources)?;
+        let validator = Validator::new(Place::file(&sources.main), &fetched);
+        let config = validator.validate(raw, raw_api, raw_catalog, &sources)?;
         Ok(Config { sources, ..config })
     }
 }

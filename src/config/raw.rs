@@ -30,8 +30,19 @@ pub(super) struct RawConfig {
     pub datacenter: Option<Spanned<String>>,
     pub api_token_file: Option<Spanned<String>>,
     pub runtime_file: Option<Spanned<String>>,
+    pub catalog: Option<Spanned<RawCatalog>>,
     #[serde(default)]
     pub listeners: BTreeMap<String, Spanned<RawListener>>,
+}
+
+/// `[catalog]`: its own keys, and listener keys as defaults.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawCatalog {
+    pub tag_prefix: Option<String>,
+    pub bind: Option<String>,
+    pub ports: Option<OneOrMany>,
+    #[serde(flatten)]
+    pub defaults: toml::Table,
 }
 
 /// The listeners added through the API (the runtime file): nothing else.

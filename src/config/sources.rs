@@ -11,6 +11,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use super::catalog::{Claims, Refusal};
 use super::error::quoted;
 use super::names::{parse_dns_servers, system_resolve};
 use super::raw::RawConfig;
@@ -46,6 +47,21 @@ pub struct Sources {
     /// The API's listeners: a TOML document of `[listeners.NAME]` tables
     /// only (at start, the runtime file's text).
     pub api: Text,
+    /// The listeners the Consul catalog asks for (`[catalog]`).
+    pub catalog: CatalogListeners,
+}
+
+/// The catalog's listeners, as [`claims`](super::catalog::claims) made them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CatalogListeners {
+    /// A TOML document of `[listeners.NAME]` tables.
+    pub text: Text,
+    /// Each listener's service and `listen` tag.
+    pub claimed_by: BTreeMap<String, (String, String)>,
+    /// The listeners' names, first claim first.
+    pub order: Vec<String>,
+    /// The claims refused before validation.
+    pub refused: Vec<Refusal>,
 }
 
 impl Sources {
@@ -80,6 +96,7 @@ impl Sources {
             path: path.map(Path::to_path_buf),
             overrides: overrides.clone(),
             api,
+            catalog: CatalogListeners::default(),
         })
     }
 
@@ -122,20 +139,32 @@ impl Sources {
         tables(&self.api.text)
     }
 
+    /// These sources with the catalog's listeners replaced by `claims`'.
+    pub fn with_catalog(&self, claims: Claims) -> Sources {
+        let text = match claims.tables.is_empty() {
+            true => String::new(),
+            false => document(&claims.tables),
+        };
+        let catalog = CatalogListeners {
+            text: Text {
+                origin: CATALOG_ORIGIN.into(),
+                text,
+            },
+            claimed_by: claims.claimed_by,
+            order: claims.order,
+            refused: claims.refused,
+        };
+        Sources {
+            catalog,
+            ..self.clone()
+        }
+    }
+
     /// These sources with the API's listeners replaced by `listeners`.
     pub fn with_api_listeners(&self, listeners: &BTreeMap<String, toml::Table>) -> Sources {
-        let mut document = toml::Table::new();
-        let tables = listeners
-            .iter()
-            .map(|(name, t)| (name.clone(), toml::Value::Table(t.clone())));
-        document.insert("listeners".into(), toml::Value::Table(tables.collect()));
         let text = match listeners.is_empty() {
             true => String::new(),
-            // Tables only: they always serialize.
-            false => format!(
-                "{RUNTIME_FILE_HEADER}{}",
-                toml::to_string(&document).unwrap_or_default()
-            ),
+            false => format!("{RUNTIME_FILE_HEADER}{}", document(listeners)),
         };
         Sources {
             api: Text {
@@ -145,6 +174,20 @@ impl Sources {
             ..self.clone()
         }
     }
+}
+
+/// What the catalog's listeners are called in messages.
+const CATALOG_ORIGIN: &str = "<catalog>";
+
+/// A document of `[listeners.NAME]` tables.
+pub(super) fn document(listeners: &BTreeMap<String, toml::Table>) -> String {
+    let tables = listeners
+        .iter()
+        .map(|(name, t)| (name.clone(), toml::Value::Table(t.clone())));
+    let mut document = toml::Table::new();
+    document.insert("listeners".into(), toml::Value::Table(tables.collect()));
+    // Tables only: they always serialize.
+    toml::to_string(&document).unwrap_or_default()
 }
 
 /// The first lines of a runtime file.

@@ -23,6 +23,7 @@ use hyper::header::HOST;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
@@ -86,7 +87,7 @@ struct Weights {
 
 /// Why a request gave no usable answer.
 #[derive(Debug)]
-enum WatchError {
+pub(super) enum WatchError {
     Connect(std::io::Error),
     Http(hyper::Error),
     Status(StatusCode, String),
@@ -107,7 +108,7 @@ impl fmt::Display for WatchError {
 }
 
 /// One HTTP/1.1 connection to Consul, made when needed and kept.
-struct Connection {
+pub(super) struct Connection {
     settings: ConsulSettings,
     sender: Option<SendRequest<Empty<Bytes>>>,
     /// Where the connection's driver runs.
@@ -115,8 +116,35 @@ struct Connection {
 }
 
 impl Connection {
-    /// One blocking query at `index`: its `X-Consul-Index` and body.
+    pub(super) fn new(settings: ConsulSettings, tracker: TaskTracker) -> Connection {
+        Connection {
+            settings,
+            sender: None,
+            tracker,
+        }
+    }
+
+    /// One health query for `query` at `index`: its `X-Consul-Index` and entries.
     async fn health(&mut self, query: &ConsulQuery, index: u64) -> Result<(u64, Vec<Entry>), WatchError> {
+        let mut params = String::from("passing=true");
+        if let Some(tag) = &query.tag {
+            params.push_str(&format!("&tag={tag}"));
+        }
+        if let Some(dc) = &query.datacenter {
+            params.push_str(&format!("&dc={dc}"));
+        }
+        let path = format!("/v1/health/service/{}", query.service);
+        self.blocking_get(&path, &params, index).await
+    }
+
+    /// One blocking query of `path` with `params` at `index`: its
+    /// `X-Consul-Index` and body.
+    pub(super) async fn blocking_get<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        params: &str,
+        index: u64,
+    ) -> Result<(u64, T), WatchError> {
         let sender = match &mut self.sender {
             Some(sender) if sender.is_ready() => sender,
             _ => {
@@ -134,18 +162,11 @@ impl Connection {
         };
         // Jittered, so the watches of many services do not return together.
         let wait = WAIT.mul_f64(0.9 + fastrand::f64() * 0.2);
-        let mut uri = format!(
-            "{}/v1/health/service/{}?passing=true&index={index}&wait={}ms",
+        let uri = format!(
+            "{}{path}?{params}&index={index}&wait={}ms",
             self.settings.addr.prefix,
-            query.service,
             wait.as_millis()
         );
-        if let Some(tag) = &query.tag {
-            uri.push_str(&format!("&tag={tag}"));
-        }
-        if let Some(dc) = &query.datacenter {
-            uri.push_str(&format!("&dc={dc}"));
-        }
         let mut request = Request::get(uri).header(HOST, &self.settings.addr.host);
         if let Some(token) = &self.settings.token {
             request = request.header("X-Consul-Token", &token.0);
@@ -194,18 +215,12 @@ pub(crate) async fn watch(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut connection = Connection {
-        settings,
-        sender: None,
-        tracker,
-    };
-    let mut index: u64 = 0;
-    let mut error_backoff = ERROR_BACKOFF;
-    let mut same_index_delay = SAME_INDEX_DELAY;
+    let mut connection = Connection::new(settings, tracker);
+    let mut pacing = Pacing::default();
     let unresolved = Alarm::new();
     loop {
         let started = Instant::now();
-        let request = connection.health(&query, index);
+        let request = connection.health(&query, pacing.index);
         tokio::pin!(request);
         let answer = loop {
             // A blocking query may outlast an empty answer's grace: the
@@ -223,26 +238,10 @@ pub(crate) async fn watch(
                 _ = shutdown.cancelled() => return,
             }
         };
-        let mut pause = MIN_GAP.saturating_sub(started.elapsed());
+        let pause = pacing.after(started, answer.as_ref().map(|(index, _)| *index));
         match answer {
-            Err(e) => {
-                publisher.failed(&e);
-                // Start over with a fresh read, after a growing pause.
-                index = 0;
-                pause = pause.max(error_backoff);
-                error_backoff = (error_backoff * 2).min(MAX_ERROR_BACKOFF);
-            }
+            Err(e) => publisher.failed(&e),
             Ok((new_index, entries)) => {
-                error_backoff = ERROR_BACKOFF;
-                let unchanged = index != 0 && new_index == index;
-                if unchanged && started.elapsed() < WAIT / 2 {
-                    // Answered early with nothing new: not how Consul blocks.
-                    pause = pause.max(same_index_delay);
-                    same_index_delay = (same_index_delay * 2).min(MAX_SAME_INDEX_DELAY);
-                } else {
-                    same_index_delay = SAME_INDEX_DELAY;
-                }
-                index = next_index(index, new_index);
                 state.set_index(new_index);
                 let set = backends(&entries, &query, &unresolved).await;
                 match set.is_empty() {
@@ -255,6 +254,53 @@ pub(crate) async fn watch(
             _ = sleep(pause) => {}
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Consul's rules for a loop of blocking queries: which index the next one
+/// waits on, and how long to pause before it.
+pub(super) struct Pacing {
+    /// The index the next request waits on.
+    pub index: u64,
+    error_backoff: Duration,
+    same_index_delay: Duration,
+}
+
+impl Default for Pacing {
+    fn default() -> Pacing {
+        Pacing {
+            index: 0,
+            error_backoff: ERROR_BACKOFF,
+            same_index_delay: SAME_INDEX_DELAY,
+        }
+    }
+}
+
+impl Pacing {
+    /// After a request sent at `started` answered `answered` (its index, or
+    /// an error): the pause before the next one.
+    pub fn after<E>(&mut self, started: Instant, answered: Result<u64, E>) -> Duration {
+        let pause = MIN_GAP.saturating_sub(started.elapsed());
+        let Ok(new_index) = answered else {
+            // Start over with a fresh read, after a growing pause.
+            self.index = 0;
+            let pause = pause.max(self.error_backoff);
+            self.error_backoff = (self.error_backoff * 2).min(MAX_ERROR_BACKOFF);
+            return pause;
+        };
+        self.error_backoff = ERROR_BACKOFF;
+        let unchanged = self.index != 0 && new_index == self.index;
+        let pause = if unchanged && started.elapsed() < WAIT / 2 {
+            // Answered early with nothing new: not how Consul blocks.
+            let pause = pause.max(self.same_index_delay);
+            self.same_index_delay = (self.same_index_delay * 2).min(MAX_SAME_INDEX_DELAY);
+            pause
+        } else {
+            self.same_index_delay = SAME_INDEX_DELAY;
+            pause
+        };
+        self.index = next_index(self.index, new_index);
+        pause
     }
 }
 

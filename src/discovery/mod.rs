@@ -3,6 +3,7 @@
 //! it. Each task publishes immutable snapshots on a `watch` channel; listeners
 //! read the latest one and never wait on DNS.
 
+pub(crate) mod catalog;
 mod client;
 pub(crate) mod consul;
 pub mod dns;

@@ -48,7 +48,10 @@ impl Running {
                 // Those refused before `apply`, which counts the rest.
                 let refused = matches!(
                     &result,
-                    Err(ApiError::NotFound(_) | ApiError::DefinedInFile { .. } | ApiError::Invalid { .. })
+                    Err(ApiError::NotFound(_)
+                        | ApiError::DefinedInFile { .. }
+                        | ApiError::FromCatalog { .. }
+                        | ApiError::Invalid { .. })
                 );
                 if refused {
                     self.services.metrics.config_change(Origin::Api, false);
@@ -74,6 +77,15 @@ impl Running {
             return Err(ApiError::DefinedInFile {
                 name: name.into(),
                 file,
+            });
+        }
+        if origin == Some(Origin::Catalog) {
+            let claimed_by = self.config.sources.catalog.claimed_by.get(name);
+            let (service, tag) = claimed_by.cloned().unwrap_or_default();
+            return Err(ApiError::FromCatalog {
+                name: name.into(),
+                service,
+                tag,
             });
         }
         let mut listeners: BTreeMap<String, toml::Table> = self.config.sources.api_listeners();
@@ -119,7 +131,7 @@ impl Running {
 
 /// Making a configuration off the runtime's threads: before validating, it
 /// reads files and resolves DNS server names.
-async fn compose(
+pub(super) async fn compose(
     make: impl FnOnce() -> Result<Config, ConfigError> + Send + 'static,
 ) -> Result<Config, ConfigError> {
     match tokio::task::spawn_blocking(make).await {

@@ -10,6 +10,7 @@
 //! fails (a port in use, no DNS server) fails the whole reload before
 //! anything is changed.
 
+mod catalog;
 mod changes;
 mod plan;
 
@@ -39,6 +40,7 @@ use crate::metrics::{ListenerMetrics, Metrics};
 use crate::net::OwnSockets;
 use crate::notify;
 use crate::proxy::{self, Context, Listening, Settings};
+use crate::status::CatalogView;
 use plan::{Change, Plan};
 
 /// Pending connections the kernel queues per listener while at `max_connections`.
@@ -234,8 +236,10 @@ impl Server {
 
         let mut first_answers = Some(Box::pin(running.first_answers()));
         loop {
+            let (answers, grace_ends) = running.catalog_waits();
             tokio::select! {
                 Some(command) = commands.recv() => running.handle(command).await,
+                () = catalog::next_event(answers, grace_ends) => running.refresh_catalog().await,
                 () = async { first_answers.as_mut().expect("awaited only while set").await },
                     if first_answers.is_some() => {
                     first_answers = None;
@@ -335,6 +339,8 @@ struct Running {
     config: Arc<Config>,
     listeners: HashMap<String, Serving>,
     services: Services,
+    /// The watch of Consul's catalog, with `[catalog]`.
+    catalog: Option<catalog::Feed>,
 }
 
 /// A reload whose every step that can fail is done: sockets bound and the
@@ -361,6 +367,7 @@ impl Running {
             config: config.clone(),
             listeners: HashMap::new(),
             services,
+            catalog: None,
         };
         running.apply(config, prepared);
         running
@@ -447,6 +454,7 @@ impl Running {
         }
         self.services.discovery.retain(&config.listeners);
         self.config = config;
+        self.follow_catalog();
         self.publish();
         report.added.sort();
         report.removed.sort();
@@ -585,9 +593,12 @@ impl Running {
             let mut listeners: Vec<Arc<Context>> = contexts().collect();
             listeners.sort_by(|a, b| a.config.name.cmp(&b.config.name));
             let queries = self.services.discovery.queries();
-            admin
-                .live
-                .publish(listeners, queries, self.config.api_token.clone());
+            let catalog = self.config.catalog.as_ref().map(|_| CatalogView {
+                pending: self.catalog_pending(),
+                refused: self.config.catalog_refused.clone(),
+            });
+            let token = self.config.api_token.clone();
+            admin.live.publish(listeners, queries, token, catalog);
         }
         let own = OwnSockets::new(contexts().map(|ctx| (ctx.config.protocol(), ctx.local_addr)));
         self.services.own.send_if_modified(|current| {

@@ -7,6 +7,10 @@
 //!   query: held until the service's index passes it, or for `wait` (default
 //!   5m, at most 10m) plus up to wait/16 of jitter. 200s carry `X-Consul-Index`
 //!   (never 0) and the `CheckServiceNode` array; errors are plain text.
+//! - `GET /v1/catalog/services` with `dc`, `index` and `wait`: every
+//!   service's name with the union of its instances' tags, blocking on the
+//!   catalog's index, which registrations and deregistrations move (health
+//!   changes do not).
 //! - `PUT /v1/agent/service/register`, `…/deregister/:id` and
 //!   `…/maintenance/:id?enable=`, so that the benchmark can drive it over HTTP.
 //! - ACLs when started with a token: `?token=`, `X-Consul-Token` or
@@ -209,6 +213,8 @@ struct Entry {
 #[derive(Default)]
 struct State {
     index: u64,
+    /// The index of the last registration or deregistration.
+    catalog_index: u64,
     entries: BTreeMap<String, Entry>,
     /// By lower-case service name (Consul matches names without case): the
     /// index of its last change, kept after its last instance goes.
@@ -257,12 +263,13 @@ impl State {
         }
         entry.instance = instance;
         entry.modify_index = index;
+        self.catalog_index = index;
         Some(true)
     }
 
     fn deregister(&mut self, id: &str) -> Option<bool> {
         let entry = self.entries.remove(id)?;
-        self.bump(&entry.instance.service);
+        self.catalog_index = self.bump(&entry.instance.service);
         Some(true)
     }
 
@@ -293,6 +300,20 @@ impl State {
                 e.maintenance_index = index;
             },
         )
+    }
+
+    /// `/v1/catalog/services`: each service with its instances' tags.
+    fn catalog(&self) -> Value {
+        let mut services: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for entry in self.entries.values() {
+            let tags = services.entry(&entry.instance.service).or_default();
+            tags.extend(entry.instance.tags.iter().map(String::as_str));
+        }
+        for tags in services.values_mut() {
+            tags.sort_unstable();
+            tags.dedup();
+        }
+        json!(services)
     }
 
     /// The `CheckServiceNode` array; `tags` in lower case (Consul ignores case).
@@ -444,6 +465,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 enum Endpoint<'a> {
     Health(&'a str),
+    Catalog,
     Register,
     Deregister(&'a str),
     Maintenance(&'a str),
@@ -464,6 +486,8 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> HttpResponse {
     };
     let (endpoint, allow) = if let Some(service) = path.strip_prefix("/v1/health/service/") {
         (Endpoint::Health(service), "GET")
+    } else if path == "/v1/catalog/services" {
+        (Endpoint::Catalog, "GET")
     } else if path == "/v1/agent/service/register" {
         (Endpoint::Register, "PUT")
     } else if let Some(id) = path.strip_prefix("/v1/agent/service/deregister/") {
@@ -492,6 +516,11 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> HttpResponse {
             shared.lock().requests += 1;
             response
         }
+        Endpoint::Catalog => {
+            let response = catalog(shared, &query, authorized).await;
+            shared.lock().requests += 1;
+            response
+        }
         Endpoint::Register => register(shared, req, authorized).await,
         Endpoint::Deregister(id) => {
             if !authorized {
@@ -511,31 +540,8 @@ async fn health(shared: &Shared, service: &str, query: &Query, authorized: bool)
     if service.is_empty() {
         return bad("Missing service name");
     }
-    let wait = match query.get("wait").filter(|w| !w.is_empty()).map(parse_go_duration) {
-        None => None,
-        Some(None) => return bad("Invalid wait time"),
-        Some(nanos) => nanos,
-    };
-    // strconv.ParseUint: digits only, no sign; an empty value is ignored.
-    let min_index = match query.get("index").filter(|i| !i.is_empty()) {
-        None => 0,
-        Some(raw) if raw.bytes().all(|b| b.is_ascii_digit()) => match raw.parse::<u64>() {
-            Ok(index) => index,
-            Err(_) => return bad("Invalid index"),
-        },
-        Some(_) => return bad("Invalid index"),
-    };
-    if !authorized {
-        return forbidden();
-    }
-    if query
-        .get("dc")
-        .is_some_and(|dc| !dc.is_empty() && dc != DATACENTER)
-    {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter");
-    }
-    if min_index > 0 {
-        block(shared, service, min_index, query_time(wait)).await; // index 0 never blocks
+    if let Err(refused) = blocking(shared, query, authorized, |state| state.service_index(service)).await {
+        return refused;
     }
     // Consul parses `passing` after running the query, so this 400 comes late too.
     let passing = match query.get("passing") {
@@ -554,6 +560,63 @@ async fn health(shared: &Shared, service: &str, query: &Query, authorized: bool)
             state.health(service, &tags, passing).to_string(),
         )
     };
+    answer(index, body)
+}
+
+/// `/v1/catalog/services`.
+async fn catalog(shared: &Shared, query: &Query, authorized: bool) -> HttpResponse {
+    let index_of = |state: &State| state.catalog_index.max(1);
+    if let Err(refused) = blocking(shared, query, authorized, index_of).await {
+        return refused;
+    }
+    let (index, body) = {
+        let state = shared.lock();
+        (index_of(&state), state.catalog().to_string())
+    };
+    answer(index, body)
+}
+
+/// What every blocking query does first: `wait` and `index` read, the token
+/// and the datacenter checked, then held until `index_of` passes `index`.
+#[allow(clippy::result_large_err)] // the refusal is the response itself, sent at once
+async fn blocking(
+    shared: &Shared,
+    query: &Query,
+    authorized: bool,
+    index_of: impl Fn(&State) -> u64,
+) -> Result<(), HttpResponse> {
+    let bad = |message: &str| Err(text(StatusCode::BAD_REQUEST, message));
+    let wait = match query.get("wait").filter(|w| !w.is_empty()).map(parse_go_duration) {
+        None => None,
+        Some(None) => return bad("Invalid wait time"),
+        Some(nanos) => nanos,
+    };
+    // strconv.ParseUint: digits only, no sign; an empty value is ignored.
+    let min_index = match query.get("index").filter(|i| !i.is_empty()) {
+        None => 0,
+        Some(raw) if raw.bytes().all(|b| b.is_ascii_digit()) => match raw.parse::<u64>() {
+            Ok(index) => index,
+            Err(_) => return bad("Invalid index"),
+        },
+        Some(_) => return bad("Invalid index"),
+    };
+    if !authorized {
+        return Err(forbidden());
+    }
+    if query
+        .get("dc")
+        .is_some_and(|dc| !dc.is_empty() && dc != DATACENTER)
+    {
+        return Err(text(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter"));
+    }
+    if min_index > 0 {
+        block(shared, index_of, min_index, query_time(wait)).await; // index 0 never blocks
+    }
+    Ok(())
+}
+
+/// A query's 200, with the headers Consul sends.
+fn answer(index: u64, body: String) -> HttpResponse {
     let mut response = respond(StatusCode::OK, Some("application/json"), body.into_bytes());
     let headers = response.headers_mut();
     headers.insert("x-consul-index", HeaderValue::from(index));
@@ -566,15 +629,15 @@ async fn health(shared: &Shared, service: &str, query: &Query, authorized: bool)
     response
 }
 
-/// Holds until `service`'s index passes `min_index`, or for `timeout`.
-async fn block(shared: &Shared, service: &str, min_index: u64, timeout: Duration) {
+/// Holds until `index_of` passes `min_index`, or for `timeout`.
+async fn block(shared: &Shared, index_of: impl Fn(&State) -> u64, min_index: u64, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
     // Subscribed before looking, so that a change in between still wakes us.
     let mut changes = shared.changes.subscribe();
     loop {
         let ready = {
             let state = shared.lock();
-            state.misbehaving || state.service_index(service) > min_index
+            state.misbehaving || index_of(&state) > min_index
         };
         if ready
             || !matches!(

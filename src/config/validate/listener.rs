@@ -152,6 +152,7 @@ impl Validator<'_> {
                 let origin = match holder.origin {
                     Origin::File => "the configuration",
                     Origin::Api => "the API",
+                    Origin::Catalog => "the catalog",
                 };
                 let message = format!(
                     "{} is in use by listener '{}' (from {origin})",

@@ -3,6 +3,7 @@
 //! alike), and every problem is collected with where it is, so that `--check`
 //! prints them all at once.
 
+mod catalog;
 mod globals;
 mod health;
 mod listener;
@@ -256,6 +257,7 @@ impl<'a> Validator<'a> {
         mut self,
         raw: RawConfig,
         raw_api: RawApiListeners,
+        raw_catalog: RawApiListeners,
         sources: &Sources,
     ) -> Result<Config, ConfigError> {
         let overrides = &sources.overrides;
@@ -272,6 +274,10 @@ impl<'a> Validator<'a> {
             api_token,
             runtime_file,
         } = self.globals(&raw, sources, &global);
+        let catalog = raw
+            .catalog
+            .as_ref()
+            .and_then(|c| self.catalog(c, &global, &defaults));
 
         // Each with where it is defined.
         let mut listeners: Vec<(Listener, String)> = Vec::new();
@@ -327,6 +333,7 @@ impl<'a> Validator<'a> {
             && raw_api.listeners.is_empty()
             && overrides.listeners.is_empty()
             && !api_on
+            && catalog.is_none()
         {
             self.problem(
                 self.file.origin(),
@@ -334,6 +341,21 @@ impl<'a> Validator<'a> {
             );
         }
         self.clashes(&listeners, metrics);
+        let mut catalog_refused = sources.catalog.refused.clone();
+        // Without `[catalog]` (any more), none of its listeners.
+        if catalog.is_some() {
+            let from_catalog = self.catalog_listeners(
+                &raw_catalog,
+                sources,
+                &listeners,
+                metrics,
+                &defaults,
+                &mut catalog_refused,
+            );
+            listeners.extend(from_catalog);
+        } else {
+            catalog_refused.clear();
+        }
         let listeners = listeners.into_iter().map(|(l, _)| l).collect();
 
         if self.problems.is_empty() {
@@ -346,6 +368,8 @@ impl<'a> Validator<'a> {
                 api_token,
                 runtime_file,
                 sources: Sources::default(),
+                catalog,
+                catalog_refused,
             });
         }
         // In file order; locations without a line (the command line) last.
