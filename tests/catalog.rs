@@ -278,6 +278,42 @@ async fn a_deregistered_service_loses_its_listener_after_the_grace() {
 }
 
 #[tokio::test]
+async fn a_file_listener_added_on_a_catalog_port_takes_it() {
+    let consul = ConsulStandin::start().await;
+    let backends = echo_backends(2).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, config(&consul, "", "")).unwrap();
+    let server = sluice::Server::bind(sluice::Config::load(Some(&path), &Default::default()).unwrap())
+        .await
+        .unwrap();
+    let (control, metrics) = (server.control(), server.metrics_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(server.run(shutdown.clone()));
+    consul.register(instance(
+        "web-1",
+        "web",
+        &backends[0],
+        &[format!("sluice.listen={port}")],
+    ));
+    until_served(port, Some(backends[0].addr.port())).await;
+
+    let mine = format!(
+        "[listeners.mine]\nbind = \"127.0.0.1:{port}\"\nbackends = [\"{}\"]\n",
+        backends[1].addr
+    );
+    std::fs::write(&path, config(&consul, "", &mine)).unwrap();
+    let report = control.reload_file().await.unwrap();
+    assert_eq!(report.removed, ["web"]);
+    until_served(port, Some(backends[1].addr.port())).await;
+    let (_, body) = http_get(metrics, "/status").await;
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["catalog"]["refused"][0]["reason"], "conflict", "{status}");
+    shutdown.cancel();
+}
+
+#[tokio::test]
 async fn a_catalog_alone_is_a_configuration() {
     let config = "consul = \"127.0.0.1:8500\"\n[catalog]\nports = [\"2000-3000\", \"6379\"]\nbalance = \"least-conn\"\n";
     sluice::Config::parse(config, "test.toml", &Default::default()).unwrap();

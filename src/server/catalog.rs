@@ -167,7 +167,7 @@ impl Running {
         if sources.catalog != self.config.sources.catalog {
             match compose(move || Config::compose(sources)).await {
                 Ok(config) => {
-                    let _ = self.reload(config, Origin::Catalog);
+                    let _ = self.reload(config, Origin::Catalog).await;
                 }
                 Err(e) => error!("the catalog's listeners cannot be applied:\n{e}"),
             }

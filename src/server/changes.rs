@@ -21,14 +21,14 @@ impl Running {
     pub(super) async fn handle(&mut self, command: Command) {
         match command {
             Command::Apply { config, done } => {
-                let result = self.reload(*config, Origin::File);
+                let result = self.reload(*config, Origin::File).await;
                 let _ = done.send(result);
             }
             Command::ReloadFile { done } => {
                 notify::reloading();
                 let sources = self.config.sources.clone();
                 let result = match compose(move || Config::compose(sources.reread()?)).await {
-                    Ok(config) => self.reload(config, Origin::File),
+                    Ok(config) => self.reload(config, Origin::File).await,
                     Err(e) => {
                         error!("reload rejected, the running configuration stays:\n{e}");
                         self.services.metrics.config_change(Origin::File, false);
@@ -111,7 +111,7 @@ impl Running {
             let problems = sources.api_problems(&e);
             ApiError::Invalid { problems, conflict }
         })?;
-        self.reload(config, Origin::Api).map_err(ApiError::Apply)?;
+        self.reload(config, Origin::Api).await.map_err(ApiError::Apply)?;
         self.save_api_listeners()
             .map_err(|(path, source)| ApiError::NotSaved { path, source })?;
         Ok(change)

@@ -24,6 +24,7 @@ use arc_swap::ArcSwap;
 use socket2::{Domain, Socket as Socket2, Type};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, info, info_span, warn};
@@ -37,7 +38,7 @@ use crate::discovery::Registry;
 use crate::discovery::dns::DnsClient;
 use crate::health::Checks;
 use crate::metrics::{ListenerMetrics, Metrics};
-use crate::net::OwnSockets;
+use crate::net::{OwnSockets, binds_overlap};
 use crate::notify;
 use crate::proxy::{self, Context, Listening, Settings};
 use crate::status::CatalogView;
@@ -261,6 +262,8 @@ struct Serving {
     current: Current,
     /// Stops accepting (cancelled by shutdown too).
     stop: CancellationToken,
+    /// The accept (TCP) or receive (UDP) loop, which holds the socket.
+    serving: JoinHandle<()>,
 }
 
 /// The context new connections or flows take; a reload swaps it.
@@ -375,14 +378,22 @@ impl Running {
 
     /// Replaces the running configuration with `config`, or changes
     /// nothing if it cannot be applied; counts the outcome as `origin`'s.
-    fn reload(&mut self, mut config: Config, origin: Origin) -> Result<ReloadReport, Error> {
+    async fn reload(&mut self, mut config: Config, origin: Origin) -> Result<ReloadReport, Error> {
         if config.metrics != self.config.metrics {
             warn!("the metrics endpoint address only changes on restart");
             config.metrics = self.config.metrics;
         }
-        let result = self
-            .prepare(&config)
-            .map(|prepared| self.apply(Arc::new(config), prepared));
+        let prepared = match self.prepare(&config) {
+            // A port this change takes from a listener it stops (a file
+            // listener on a catalog listener's port): that one stops first.
+            Err(Error::Bind { addr, source, .. })
+                if source.kind() == io::ErrorKind::AddrInUse && self.release(&config, addr).await =>
+            {
+                self.prepare(&config)
+            }
+            prepared => prepared,
+        };
+        let result = prepared.map(|prepared| self.apply(Arc::new(config), prepared));
         self.services.metrics.config_change(origin, result.is_ok());
         match &result {
             Ok(report) => info!(
@@ -395,6 +406,30 @@ impl Running {
             Err(e) => warn!(error = %e, "reload failed, the running configuration stays"),
         }
         result
+    }
+
+    /// Stops the catalog's listeners that hold `addr` and that `config`
+    /// refused (a file or API listener has the port now), and waits until
+    /// their sockets are closed; whether there were any.
+    async fn release(&mut self, config: &Config, addr: SocketAddr) -> bool {
+        let kept = |name: &str| config.listeners.iter().any(|l| l.name == name);
+        let holders: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|(name, serving)| {
+                let ctx = serving.current.load();
+                let from_catalog = ctx.config.origin == Origin::Catalog;
+                from_catalog && binds_overlap(ctx.local_addr, addr) && !kept(name)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &holders {
+            if let Some(serving) = self.listeners.remove(name) {
+                serving.retire();
+                let _ = serving.serving.await;
+            }
+        }
+        !holders.is_empty()
     }
 
     /// Plans the change to `config` and does what could fail.
@@ -482,7 +517,7 @@ impl Running {
         let span = info_span!("listener", name = %listener.name);
         let upstream = self.upstream(listener, &span, None);
         let (stop, tracker) = (self.services.shutdown.child_token(), &self.services.tracker);
-        let current = match socket {
+        let (current, serving) = match socket {
             Socket::Tcp(socket, tcp) => {
                 let (current, limit) = (
                     self.first_context(listener, tcp, local_addr, upstream, &span),
@@ -495,19 +530,23 @@ impl Running {
                     stop.clone(),
                     tracker.clone(),
                 );
-                tracker.spawn(serve.instrument(span.clone()));
-                Current::Tcp { current, limit }
+                let serving = tracker.spawn(serve.instrument(span.clone()));
+                (Current::Tcp { current, limit }, serving)
             }
             Socket::Udp(socket, udp) => {
                 let current = self.first_context(listener, udp, local_addr, upstream, &span);
                 let serve = proxy::udp::serve(socket, current.clone(), stop.clone(), tracker.clone());
-                tracker.spawn(serve.instrument(span.clone()));
-                Current::Udp(current)
+                let serving = tracker.spawn(serve.instrument(span.clone()));
+                (Current::Udp(current), serving)
             }
         };
         span.in_scope(|| info!(addr = %local_addr, protocol = %listener.protocol(), "listening"));
-        self.listeners
-            .insert(listener.name.clone(), Serving { current, stop });
+        let serving = Serving {
+            current,
+            stop,
+            serving,
+        };
+        self.listeners.insert(listener.name.clone(), serving);
         local_addr
     }
 
