@@ -52,7 +52,7 @@ pub struct Sources {
 }
 
 /// The catalog's listeners, as [`claims`](super::catalog::claims) made them.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogListeners {
     /// A TOML document of `[listeners.NAME]` tables.
     pub text: Text,
@@ -172,6 +172,20 @@ impl Sources {
                 text,
             },
             ..self.clone()
+        }
+    }
+}
+
+impl Default for CatalogListeners {
+    fn default() -> CatalogListeners {
+        CatalogListeners {
+            text: Text {
+                origin: CATALOG_ORIGIN.into(),
+                text: String::new(),
+            },
+            claimed_by: BTreeMap::new(),
+            order: Vec::new(),
+            refused: Vec::new(),
         }
     }
 }

@@ -232,7 +232,9 @@ impl State {
     }
 
     fn bump(&mut self, service: &str) -> u64 {
-        self.index += 1;
+        // Above the floor of 1 that answers before any change carry, so
+        // that a query held at 1 sees the first change.
+        self.index = self.index.max(1) + 1;
         self.service_index
             .insert(service.to_ascii_lowercase(), self.index);
         self.index
