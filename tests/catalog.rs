@@ -314,6 +314,33 @@ async fn a_file_listener_added_on_a_catalog_port_takes_it() {
 }
 
 #[tokio::test]
+async fn a_port_another_program_holds_refuses_that_claim_only() {
+    let consul = ConsulStandin::start().await;
+    let backends = echo_backends(1).await;
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_port = held.local_addr().unwrap().port();
+    let port = free_port();
+    let sluice = Sluice::start(&config(&consul, "", "")).await;
+    let b = &backends[0];
+    consul.register(instance(
+        "a",
+        "blocked",
+        b,
+        &[format!("sluice.listen={held_port}")],
+    ));
+    consul.register(instance("b", "fine", b, &[format!("sluice.listen={port}")]));
+    until_served(port, Some(b.addr.port())).await;
+    let refused = until_refused(&sluice, 1).await;
+    assert_eq!(refused[0]["service"], "blocked", "{refused:?}");
+    assert_eq!(refused[0]["reason"], "conflict");
+    assert!(
+        refused[0]["message"].as_str().unwrap().contains("cannot bind"),
+        "{refused:?}"
+    );
+    drop(held);
+}
+
+#[tokio::test]
 async fn a_catalog_alone_is_a_configuration() {
     let config = "consul = \"127.0.0.1:8500\"\n[catalog]\nports = [\"2000-3000\", \"6379\"]\nbalance = \"least-conn\"\n";
     sluice::Config::parse(config, "test.toml", &Default::default()).unwrap();

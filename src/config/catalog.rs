@@ -131,7 +131,7 @@ impl fmt::Display for Refusal {
 
 /// What the catalog asks for: a table per listener, where each came from,
 /// and what was refused.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Claims {
     pub tables: BTreeMap<String, toml::Table>,
     /// Each listener's service and `listen` tag.

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::net::Protocol;
 
-pub use catalog::{CatalogSettings, Refusal, RefusalReason, Services, claims as catalog_claims};
+pub use catalog::{CatalogSettings, Claims, Refusal, RefusalReason, Services, claims as catalog_claims};
 pub use error::{ConfigError, Problem, ProblemKind};
 use sources::Fetched;
 pub use sources::{Sources, Text, save_runtime_file};

@@ -14,7 +14,10 @@ use tracing::{error, warn};
 
 use super::Running;
 use super::changes::compose;
-use crate::config::{CatalogSettings, Config, ConsulSettings, Origin, Refusal, Services, catalog_claims};
+use crate::Error;
+use crate::config::{
+    CatalogSettings, Claims, Config, ConsulSettings, Origin, Refusal, RefusalReason, Services, catalog_claims,
+};
 use crate::discovery::catalog;
 
 /// The watch of the catalog, and what the server remembers of it.
@@ -160,16 +163,31 @@ impl Running {
         };
         let held = feed.hold(settings, &services, Instant::now());
         let serving: Vec<String> = self.config.sources.catalog.claimed_by.keys().cloned().collect();
-        let sources = self
-            .config
-            .sources
-            .with_catalog(catalog_claims(settings, &held, &serving));
-        if sources.catalog != self.config.sources.catalog {
-            match compose(move || Config::compose(sources)).await {
-                Ok(config) => {
-                    let _ = self.reload(config, Origin::Catalog).await;
+        let mut claims = catalog_claims(settings, &held, &serving);
+        // A port another program holds refuses that claim, not the catalog:
+        // left out, and the others applied without it.
+        for _ in 0..=claims.order.len() {
+            let sources = self.config.sources.with_catalog(claims.clone());
+            if sources.catalog == self.config.sources.catalog {
+                break;
+            }
+            let config = match compose(move || Config::compose(sources)).await {
+                Ok(config) => config,
+                Err(e) => {
+                    error!("the catalog's listeners cannot be applied:\n{e}");
+                    break;
                 }
-                Err(e) => error!("the catalog's listeners cannot be applied:\n{e}"),
+            };
+            match self.reload(config, Origin::Catalog).await {
+                Err(Error::Bind {
+                    listener,
+                    addr,
+                    source,
+                }) if claims.tables.contains_key(&listener) => {
+                    let message = format!("cannot bind {addr}: {source}");
+                    unclaim(&mut claims, &listener, message);
+                }
+                _ => break,
             }
         }
         self.log_refusals();
@@ -193,4 +211,18 @@ impl Running {
         }
         feed.logged = refused;
     }
+}
+
+/// Takes the listener `name` out of `claims`, refused as a `conflict`.
+fn unclaim(claims: &mut Claims, name: &str, message: String) {
+    claims.tables.remove(name);
+    claims.order.retain(|n| n != name);
+    let (service, tag) = claims.claimed_by.remove(name).unwrap_or_default();
+    claims.refused.push(Refusal {
+        service,
+        tag,
+        reason: RefusalReason::Conflict,
+        message,
+    });
+    claims.refused.sort();
 }
