@@ -53,6 +53,7 @@
 //! address back), [`Server::run`] serves until its shutdown token is cancelled,
 //! then drains for `shutdown_grace`; [`Control::reload`] applies a new config.
 
+pub(crate) mod access;
 pub mod admin;
 pub(crate) mod alarm;
 pub(crate) mod api;

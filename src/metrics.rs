@@ -30,6 +30,7 @@ pub const PROXY_PROTOCOL_ERRORS_TOTAL: &str = "sluice_proxy_protocol_errors_tota
 pub const BUILD_INFO: &str = "sluice_build_info";
 pub const CONFIG_CHANGES_TOTAL: &str = "sluice_config_changes_total";
 pub const CATALOG_REFUSED: &str = "sluice_catalog_refused";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "sluice_connections_refused_total";
 
 pub const LABEL_LISTENER: &str = "listener";
 pub const LABEL_BACKEND: &str = "backend";
@@ -60,10 +61,14 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         PROXY_PROTOCOL_ERRORS_TOTAL,
         "Client connections closed for a missing, malformed or oversized PROXY header.",
     ),
+    (
+        CONNECTIONS_REFUSED_TOTAL,
+        "Connections (UDP: datagrams) refused by allow/deny (denied) or for a PROXY header from an untrusted peer.",
+    ),
     (BUILD_INFO, "Always 1; the version is a label."),
     (
         CONFIG_CHANGES_TOTAL,
-        "Configuration changes by origin (file: SIGHUP, api: the runtime API) and result (ok, error).",
+        "Configuration changes by origin (file: SIGHUP, api: the runtime API, catalog: Consul's catalog) and result (ok, error).",
     ),
 ];
 
@@ -80,6 +85,9 @@ pub struct ListenerMetrics {
     pub bytes_down: Counter,
     pub duration: Histogram,
     pub proxy_protocol_errors: Counter,
+    /// Sources refused by `allow`/`deny`, and PROXY headers from untrusted peers.
+    pub refused_denied: Counter,
+    pub refused_untrusted_proxy: Counter,
 }
 
 /// What a discovery task counts per lookup.
@@ -172,6 +180,9 @@ impl Metrics {
             bytes_down: self.counter(BYTES_TOTAL, &[l, (LABEL_DIRECTION, "backend_to_client")]),
             duration: self.histogram(CONNECTION_DURATION, &[l]),
             proxy_protocol_errors: self.counter(PROXY_PROTOCOL_ERRORS_TOTAL, &[l]),
+            refused_denied: self.counter(CONNECTIONS_REFUSED_TOTAL, &[l, (LABEL_REASON, "denied")]),
+            refused_untrusted_proxy: self
+                .counter(CONNECTIONS_REFUSED_TOTAL, &[l, (LABEL_REASON, "untrusted_proxy")]),
         }
     }
 

@@ -119,6 +119,8 @@ pub struct Listener {
     pub reuse_port: bool,
     pub mode: Mode,
     pub origin: Origin,
+    /// Who may connect (`allow`, `deny`) and whose PROXY header is believed.
+    pub access: crate::access::Access,
     /// The `[listeners.NAME]` table as written (file, API request or
     /// command-line shorthand), as the API shows it.
     pub written: toml::Table,

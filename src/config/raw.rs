@@ -31,6 +31,9 @@ pub(super) struct RawConfig {
     pub api_token_file: Option<Spanned<String>>,
     pub runtime_file: Option<Spanned<String>>,
     pub catalog: Option<Spanned<RawCatalog>>,
+    pub allow: Option<Spanned<Vec<String>>>,
+    pub deny: Option<Spanned<Vec<String>>>,
+    pub trusted_proxies: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub listeners: BTreeMap<String, Spanned<RawListener>>,
 }
@@ -125,6 +128,9 @@ pub(super) struct RawListener {
     pub eject_after: Option<Spanned<i64>>,
     pub drain_timeout: Option<Dur>,
     pub reuse_port: Option<Spanned<bool>>,
+    pub allow: Option<Spanned<Vec<String>>>,
+    pub deny: Option<Spanned<Vec<String>>>,
+    pub trusted_proxies: Option<Spanned<Vec<String>>>,
     // TCP only.
     pub idle_timeout: Option<Dur>,
     pub max_connections: Option<Spanned<i64>>,

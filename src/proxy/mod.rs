@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
-use tracing::Span;
+use tracing::{Span, info};
 
 pub use sock::{Listening, register_listener};
 
+use crate::access::Refused;
 use crate::alarm::Alarm;
 use crate::balancer::Upstream;
 use crate::config::{Listener, TcpSettings, UdpSettings};
@@ -52,6 +53,9 @@ pub struct Context<S: Settings + ?Sized = dyn Settings> {
     pub span: Span,
     /// Clients' PROXY headers refused lately (logged once, not per client).
     pub bad_headers: Alarm,
+    /// Sources refused lately, by reason (logged once a minute, with a count).
+    pub denied: Alarm,
+    pub untrusted_proxies: Alarm,
     /// The protocol's settings, from `config.mode`.
     pub settings: S,
 }
@@ -92,7 +96,21 @@ impl<S: Settings + ?Sized> Context<S> {
             hard_stop,
             span,
             bad_headers: Alarm::new(),
+            denied: Alarm::new(),
+            untrusted_proxies: Alarm::new(),
             settings,
+        }
+    }
+
+    /// Counts and (now and then) logs a source refused, with why.
+    pub fn refuse(&self, source: SocketAddr, why: Refused) {
+        let (counter, alarm) = match why {
+            Refused::Denied => (&self.metrics.refused_denied, &self.denied),
+            Refused::UntrustedProxy => (&self.metrics.refused_untrusted_proxy, &self.untrusted_proxies),
+        };
+        counter.increment(1);
+        if let Some(repeated) = alarm.raise() {
+            info!(target: "sluice::access", client = %source, reason = %why, repeated, "refused");
         }
     }
 
@@ -117,6 +135,8 @@ impl<S: Settings + ?Sized> Context<S> {
             hard_stop: self.hard_stop.clone(),
             span: self.span.clone(),
             bad_headers: Alarm::new(),
+            denied: Alarm::new(),
+            untrusted_proxies: Alarm::new(),
             settings,
         }
     }

@@ -77,6 +77,16 @@ pub async fn serve(
             _ = stop.cancelled() => break,
         };
         let ctx = current.load_full();
+        // With `accept_proxy` the header names the source, judged once read.
+        let access = &ctx.config.access;
+        let admitted = match ctx.settings.accept_proxy {
+            true => access.trusts(peer.ip()),
+            false => access.admits(peer.ip()),
+        };
+        if let Err(why) = admitted {
+            ctx.refuse(peer, why);
+            continue;
+        }
         ctx.metrics.connections.increment(1);
         let open = (Open::new(&ctx.active), permit);
         let span = ctx.span.clone();
@@ -283,6 +293,7 @@ impl Future for Relaying {
 async fn setup(client: &Sock, peer: SocketAddr, ctx: &Context<TcpSettings>) -> Option<Established> {
     let settings = &ctx.settings;
     let (origin, early) = match origin(client, peer, ctx).await {
+        Ok(found) if settings.accept_proxy && origin_refused(ctx, &found.0) => return None,
         Ok(found) => found,
         Err(bad) => {
             ctx.metrics.proxy_protocol_errors.increment(1);
@@ -317,6 +328,12 @@ async fn setup(client: &Sock, peer: SocketAddr, ctx: &Context<TcpSettings>) -> O
         lease,
         client: (settings.accept_proxy || settings.access_log).then(|| Box::new(origin.client)),
     })
+}
+
+/// Whether the client a PROXY header names may connect (refused: counted).
+fn origin_refused(ctx: &Context<TcpSettings>, origin: &Origin) -> bool {
+    let refused = ctx.config.access.admits(origin.client.ip());
+    refused.map_err(|why| ctx.refuse(origin.client, why)).is_err()
 }
 
 /// Whom the connection is for, from the PROXY header the client starts

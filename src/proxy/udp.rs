@@ -151,6 +151,11 @@ impl Flows {
                             self.ctx = self.current.load_full();
                             self.waited = false;
                         }
+                        if let Err(why) = self.ctx.config.access.admits(client.ip()) {
+                            // Before any flow exists: a refused source costs nothing.
+                            self.ctx.refuse(client, why);
+                            continue;
+                        }
                         if self.ctx.settings.replies {
                             self.forward(client, &buf[..n]).await;
                         } else {

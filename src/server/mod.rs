@@ -540,7 +540,15 @@ impl Running {
                 (Current::Udp(current), serving)
             }
         };
-        span.in_scope(|| info!(addr = %local_addr, protocol = %listener.protocol(), "listening"));
+        span.in_scope(|| {
+            info!(addr = %local_addr, protocol = %listener.protocol(), "listening");
+            let trusts_all = listener.access.trusted_proxies.is_none();
+            if matches!(listener.mode, Mode::Tcp(tcp) if tcp.accept_proxy) && trusts_all {
+                info!(
+                    "accept_proxy: every peer's PROXY header is believed (set trusted_proxies to limit it)"
+                );
+            }
+        });
         let serving = Serving {
             current,
             stop,

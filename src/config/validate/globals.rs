@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use super::access::RawAccess;
 use super::*;
 
 /// The top-level settings, validated.
@@ -109,6 +110,16 @@ impl Validator<'_> {
             empty_grace,
             tcp: raw.tcp.as_ref().is_some_and(|t| *t.get_ref()),
             datacenter,
+            access: Access::default(),
+        };
+        let raw_access = RawAccess {
+            allow: raw.allow.as_ref(),
+            deny: raw.deny.as_ref(),
+            trusted_proxies: raw.trusted_proxies.as_ref(),
+        };
+        let defaults = Defaults {
+            access: self.access(global, raw_access, &Access::default()),
+            ..defaults
         };
 
         let api_token = self.api_token(global, raw, sources);

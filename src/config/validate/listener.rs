@@ -1,6 +1,7 @@
 //! A listener's own keys: protocol settings, limits and timeouts, and the
 //! checks across listeners (two on one address).
 
+use super::access::RawAccess;
 use super::*;
 
 impl Validator<'_> {
@@ -99,6 +100,12 @@ impl Validator<'_> {
             }),
         };
 
+        let raw_access = RawAccess {
+            allow: raw.allow.as_ref(),
+            deny: raw.deny.as_ref(),
+            trusted_proxies: raw.trusted_proxies.as_ref(),
+        };
+        let access = self.access(scope, raw_access, &defaults.access);
         if self.problems.len() > before {
             return None;
         }
@@ -112,6 +119,7 @@ impl Validator<'_> {
             eject_after,
             drain_timeout,
             reuse_port: flag(&raw.reuse_port, false),
+            access,
             mode,
             origin: Origin::File,
             written: toml::Table::new(),

@@ -3,6 +3,7 @@
 //! alike), and every problem is collected with where it is, so that `--check`
 //! prints them all at once.
 
+mod access;
 mod catalog;
 mod globals;
 mod health;
@@ -27,6 +28,7 @@ use super::{
     HealthCheck, Listener, MAX_DURATION, Mode, Origin, Protocol, ProxyVersion, Secret, Sources, SrvQuery,
     TcpSettings, Text, UdpSettings, shorthand,
 };
+use crate::access::Access;
 use crate::net::binds_overlap;
 use globals::Globals;
 
@@ -127,6 +129,8 @@ struct Defaults {
     tcp: bool,
     /// Consul's, for `discovery = "consul"`.
     datacenter: Option<String>,
+    /// Who may connect, and whose PROXY header is believed.
+    access: Access,
 }
 
 impl Defaults {
