@@ -151,11 +151,6 @@ impl Flows {
                             self.ctx = self.current.load_full();
                             self.waited = false;
                         }
-                        if let Err(why) = self.ctx.config.access.admits(client.ip()) {
-                            // Before any flow exists: a refused source costs nothing.
-                            self.ctx.refuse(client, why);
-                            continue;
-                        }
                         if self.ctx.settings.replies {
                             self.forward(client, &buf[..n]).await;
                         } else {
@@ -251,6 +246,9 @@ impl Flows {
     /// Opens a flow for `client`; false when there is no backend to use.
     async fn open(&mut self, client: SocketAddr) -> bool {
         let ctx = self.ctx.clone();
+        if !self.admits(client) {
+            return false;
+        }
         let Some(pool) = self.pool().await else {
             ctx.upstream.unreachable(client, "no discovery answer yet");
             return false;
@@ -319,7 +317,18 @@ impl Flows {
     }
 
     /// Fire-and-forget: the datagram to the next backend, no state per client.
+    /// Whether `client` may send here (refused: counted). Judged when a
+    /// flow opens, before anything is spent on it, so an established flow
+    /// is not cut by a reload's new rules, as a TCP connection is not.
+    fn admits(&self, client: SocketAddr) -> bool {
+        let admitted = self.ctx.config.access.admits(client.ip());
+        admitted.map_err(|why| self.ctx.refuse(client, why)).is_ok()
+    }
+
     async fn spread(&mut self, client: SocketAddr, data: &[u8]) {
+        if !self.admits(client) {
+            return;
+        }
         let Some(pool) = self.pool().await else {
             return;
         };
